@@ -1,0 +1,5 @@
+import sys
+
+from spul.cli import main
+
+sys.exit(main())
