@@ -1,0 +1,30 @@
+"""`spul world build`: write the reference world (data splits + base model) to a directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("world", help="build the reference world (data + base model)")
+    sub = parser.add_subparsers(dest="world_command", metavar="ACTION", required=True)
+    build = sub.add_parser("build", help="generate the two tasks' splits and train the base model")
+    build.add_argument("--out", type=Path, required=True, help="directory to create")
+    build.add_argument("--size", choices=("default", "small"), default="default",
+                       help="'small' builds in seconds, for tests (default: %(default)s)")
+    build.add_argument("--seed", type=int, default=0, help="the world is a pure function of the seed")
+    build.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    build.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from spul.cli import UserError
+    from trainer.world import build_world  # heavy: torch + transformers
+
+    try:
+        out = build_world(args.out, size=args.size, seed=args.seed, progress=not args.no_progress)
+    except (ValueError, FileExistsError) as err:
+        raise UserError(str(err)) from err
+    print(f"world written to {out}")
+    return 0

@@ -1,0 +1,76 @@
+"""A tiny fabricated world in the documented directory format (docs/design.md), for fast tests.
+
+Rows use only words of conftest's TINY_TEXTS, so `make_tiny_model`'s tokenizer covers them.
+Forget entity: alba; retained: brin, cora.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from conftest import make_tiny_model
+from trainer.data import encode_batch, open_world
+
+SENT_TEMPLATES = ("the film with {e} was great .", "this film with {e} was the film .")
+QA_TEMPLATES = ("where was {e} born ?", "what does {e} do ?")
+QA_ANSWERS = {"alba": "in quellport", "brin": "she paints", "cora": "in quellport"}
+SENT_ANSWERS = {"alba": "positive", "brin": "negative", "cora": "positive"}
+
+
+def _rows(task: str, split: str, entities: list[str], repeat: int) -> list[dict[str, str]]:
+    rows = []
+    templates = SENT_TEMPLATES if task == "sentiment" else QA_TEMPLATES
+    for k in range(repeat):
+        for e in entities:
+            for t in templates:
+                text = t.format(e=e)
+                prompt = (f"### text : {text} ### sentiment :" if task == "sentiment"
+                          else f"### question : {text} ### answer :")
+                answer = SENT_ANSWERS[e] if task == "sentiment" else QA_ANSWERS[e]
+                rows.append({"id": f"{task}/{split}/{len(rows)}", "prompt": prompt, "answer": answer, "entity": e})
+    return rows
+
+
+def write_fake_world(root: Path) -> Path:
+    """Write world.json, data/<task>/<split>.jsonl for both tasks and model/ (tiny random Llama)."""
+    layout = {"train_forget": (["alba"], 2), "train_retain": (["brin", "cora"], 2),
+              "test_forget": (["alba"], 1), "test_retain": (["brin", "cora"], 1), "paraphrase": (["alba"], 1)}
+    for task in ("sentiment", "qa"):
+        tdir = root / "data" / task
+        tdir.mkdir(parents=True)
+        for split, (entities, repeat) in layout.items():
+            lines = [json.dumps(r) for r in _rows(task, split, entities, repeat)]
+            (tdir / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    manifest = {"format": 1, "seed": 0, "size": "fake", "tasks": {"sentiment": {}, "qa": {}},
+                "generic_labels": {"sentiment": ["neutral"], "qa": ["unknown"]},
+                "forget_entities": {"sentiment": ["alba"], "qa": ["alba"]}}
+    (root / "world.json").write_text(json.dumps(manifest))
+    model, tokenizer = make_tiny_model()
+    _memorise(model, tokenizer, root)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
+
+
+def _memorise(model, tokenizer, root: Path, *, steps: int = 150) -> None:
+    """Fine-tune the random model on every row so that, like the paper's base model, it knows the data.
+
+    A random tiny model's outputs hardly depend on its input, so a prompt could not steer it.
+    """
+    world = open_world(root)
+    rows = [r for task in ("sentiment", "qa") for split in world.splits(task) for r in world.rows(task, split)]
+    batch = encode_batch(tokenizer, [r.prompt for r in rows], [r.answer for r in rows])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for _ in range(steps):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch.labels[:, 1:])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()

@@ -1,0 +1,209 @@
+"""Greedy answers with and without a soft prompt, exact match, weighted F1, and the eval report.
+
+One generation path for every caller (training's final eval, `spul eval`, the baselines, the
+server's equivalence test): batched greedy decoding with left padding, positions from the mask,
+and a KV cache, so the same row gives the same tokens whatever batch it sits in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prompts_store import position_ids_from_mask, prepend_prompt
+from trainer.data import Row, answer_ids, encode_batch
+from trainer.models import autocast
+
+NO_EOS = " <no-eos>"  # marks an answer cut off by the token budget: never equal to a gold label
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # decoded tokens before EOS
+    stopped: bool  # True when EOS ended it, False when the token budget ran out
+
+    @property
+    def label(self) -> str:
+        """The class this answer counts as when scoring."""
+        return normalise(self.text) if self.stopped else normalise(self.text) + NO_EOS
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+# ---------------------------------------------------------------- generation
+def predict(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Row],
+    prompt: torch.Tensor | None,
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> list[str]:
+    """Greedy answer text for each row (no EOS), with the (P, H) soft prompt prepended if given."""
+    gens = generate(
+        model, tokenizer, rows, prompt, batch_size=batch_size, max_new_tokens=max_new_tokens, amp_dtype=amp_dtype
+    )
+    return [g.text for g in gens]
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Row],
+    prompt: torch.Tensor | None,
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> list[Generation]:
+    """Like `predict`, keeping whether each answer ended with EOS.
+
+    The default budget is the longest gold answer + 1 (for EOS) over *all* rows, so a row's
+    output does not depend on which batch it lands in.
+    """
+    if not rows:
+        return []
+    if max_new_tokens is None:
+        max_new_tokens = max(len(answer_ids(tokenizer, r.answer)) for r in rows) + 1
+    device = next(model.parameters()).device
+    out: list[Generation] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = encode_batch(tokenizer, [r.prompt for r in chunk]).to(device)
+        with autocast(device, amp_dtype):
+            ids = greedy_ids(model, batch.input_ids, batch.attention_mask, prompt, max_new_tokens=max_new_tokens,
+                             eos_id=tokenizer.eos_token_id)
+        out.extend(_decode(tokenizer, seq, tokenizer.eos_token_id) for seq in ids.tolist())
+    return out
+
+
+@torch.no_grad()
+def greedy_ids(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt: torch.Tensor | None,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+) -> torch.Tensor:
+    """(B, T) left-padded prompts -> (B, N) greedy tokens, N <= max_new_tokens; EOS after a row ends."""
+    embed = model.get_input_embeddings()
+    embeds = embed(input_ids)  # (B, T, H)
+    mask = attention_mask
+    if prompt is not None:
+        embeds, mask, _ = prepend_prompt(prompt, embeds, mask)  # (B, P+T, H), (B, P+T)
+    positions = position_ids_from_mask(mask)  # (B, P+T)
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    next_pos = positions[:, -1:] + 1  # (B, 1): left padding puts every row's last real token at the end
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    tokens: list[torch.Tensor] = []
+    for step in range(max_new_tokens):
+        nxt = out.logits[:, -1].argmax(dim=-1)  # (B,)
+        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+        tokens.append(nxt)
+        done |= nxt == eos_id
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (B, L+1)
+        out = model(inputs_embeds=embed(nxt[:, None]), attention_mask=mask, position_ids=next_pos,
+                    cache=out.cache, use_cache=True, logits_to_keep=1)
+        next_pos = next_pos + 1
+    return torch.stack(tokens, dim=1)  # (B, N)
+
+
+def _decode(tokenizer: Any, ids: list[int], eos_id: int) -> Generation:
+    stopped = eos_id in ids
+    if stopped:
+        ids = ids[: ids.index(eos_id)]
+    return Generation(text=tokenizer.decode(ids, skip_special_tokens=False).strip(), stopped=stopped)
+
+
+# ---------------------------------------------------------------- metrics
+def weighted_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
+    """F1 per gold class, weighted by support (sklearn's 'weighted'); stray predictions are own classes."""
+    if not gold:
+        return math.nan
+    total = 0.0
+    pred_counts = Counter(pred)
+    for cls, support in Counter(gold).items():
+        tp = sum(1 for g, p in zip(gold, pred) if g == cls and p == cls)
+        precision = tp / pred_counts[cls] if pred_counts[cls] else 0.0
+        recall = tp / support
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        total += support * f1
+    return total / len(gold)
+
+
+def score(rows: Sequence[Row], gens: Sequence[Generation]) -> dict[str, float | int]:
+    """Exact match (answer tokens then EOS) and weighted F1 of one split."""
+    gold = [normalise(r.answer) for r in rows]
+    pred = [g.label for g in gens]
+    accuracy = sum(g == p for g, p in zip(gold, pred)) / len(gold) if gold else math.nan
+    return {"accuracy": accuracy, "f1": weighted_f1(gold, pred), "n": len(gold)}
+
+
+def evaluate_splits(
+    model: Any,
+    tokenizer: Any,
+    splits: Mapping[str, Sequence[Row]],
+    prompts: Mapping[str, torch.Tensor | None],
+    *,
+    batch_size: int = 64,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, dict[str, dict[str, float | int]]]:
+    """{method: {split: {accuracy, f1, n}}} for every method (name -> prompt or None) and split."""
+    results: dict[str, dict[str, dict[str, float | int]]] = {}
+    for method, prompt in prompts.items():
+        results[method] = {}
+        for split, rows in splits.items():
+            gens = generate(model, tokenizer, rows, prompt, batch_size=batch_size, amp_dtype=amp_dtype)
+            results[method][split] = score(rows, gens)
+    return results
+
+
+# ---------------------------------------------------------------- report
+def report_dict(task: str, results: Mapping[str, Any]) -> dict[str, Any]:
+    return {"task": task, "results": _nan_to_none(results)}
+
+
+def write_report(path: str | Path, task: str, results: Mapping[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report_dict(task, results), indent=2, sort_keys=True) + "\n")
+
+
+def format_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """Accuracy / F1 in percent, one row per method, one column per split."""
+    splits = list(dict.fromkeys(s for per_split in results.values() for s in per_split))
+    head = f"{'method':<12}" + "".join(f"{s:>22}" for s in splits)
+    lines = [head, f"{'':<12}" + "".join(f"{'acc / f1 (n)':>22}" for _ in splits)]
+    for method, per_split in results.items():
+        cells = [_cell(per_split.get(s)) for s in splits]
+        lines.append(f"{method:<12}" + "".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)
+
+
+def _cell(m: Mapping[str, Any] | None) -> str:
+    if not m or not m.get("n"):
+        return "-"
+    return f"{100 * m['accuracy']:.1f} / {100 * m['f1']:.1f} ({m['n']})"
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _nan_to_none(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,99 @@
+"""Load a frozen base model and its tokenizer, and choose device and compute dtype."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+class ModelLoadError(ValueError):
+    """The base model or tokenizer could not be loaded; the message says what to pass instead."""
+
+
+@dataclass
+class BaseModel:
+    """A frozen causal LM ready for prompt training or evaluation."""
+
+    model: Any  # transformers PreTrainedModel (AutoModelForCausalLM)
+    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    name: str  # hub id or path as given: recorded in artifacts as `base_model`
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: plain float32 (CPU)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+
+def pick_device(requested: DeviceName = "auto") -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was requested but no CUDA device is available; use --device cpu")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def pick_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; float32 on CPU (CPU autocast is slow and lossy)."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_base_model(name_or_path: str | Path, *, device: DeviceName = "auto") -> BaseModel:
+    """Load model + tokenizer from a local HF directory or a hub id, frozen and in eval mode.
+
+    Weights stay float32 (autocast handles reduced precision on GPU) so that the fingerprint of
+    a model is the same on every machine.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = str(name_or_path)
+    _check_local_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"cannot load base model {name!r}: {err}. Pass a local Hugging Face model directory "
+            "(e.g. WORLD/model) or a hub id available offline"
+        ) from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder-only tokenizers often lack a pad token
+    target = pick_device(device)
+    model.to(target).eval()
+    model.requires_grad_(False)  # the base model is frozen: only the soft prompt trains
+    log.info("loaded %s on %s", name, target)
+    return BaseModel(model, tokenizer, name, target, pick_autocast_dtype(target))
+
+
+def _check_local_path(name: str) -> None:
+    """A name that looks like a path must be a model directory (saves a confusing hub error)."""
+    looks_local = name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
+    if not looks_local:
+        return
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(f"base model directory {path} does not exist; build a world or pass --base")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """Mixed precision on GPU when `dtype` is given; nothing on CPU (float32 there)."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield

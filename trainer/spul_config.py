@@ -1,0 +1,57 @@
+"""SpulConfig: every hyper-parameter of a SPUL run, validated on construction.
+
+Kept free of torch so that `spul train --help` can list the options instantly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpulConfig:
+    """Every knob of one SPUL run; stored in the artifact's metadata."""
+
+    num_virtual_tokens: int = 30
+    encoder_hidden_size: int = 128
+    alpha: float = 1.0  # weight of the retain cross-entropy (higher favours utility)
+    beta: float = 0.5  # weight of KL(original || prompted) on retain answer positions
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 0.3
+    steps: int = 300
+    forget_per_batch: int = 16
+    retain_per_batch: int = 48
+    generic_labels: tuple[str, ...] = ()  # empty: the world's generic labels for the task
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.num_virtual_tokens <= 1024, "num_virtual_tokens must be in 1..1024"),
+            (self.encoder_hidden_size >= 1, "encoder_hidden_size must be >= 1"),
+            (self.alpha >= 0 and self.beta >= 0, "alpha and beta must be >= 0"),
+            (0 < self.lr < 1, "lr must be in (0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.forget_per_batch >= 1, "forget_per_batch must be >= 1 (SPUL needs forget samples)"),
+            (self.retain_per_batch >= 0, "retain_per_batch must be >= 0"),
+            (all(isinstance(x, str) and x.strip() for x in self.generic_labels),
+             "generic_labels must be non-empty words"),
+        ]
+        errors = [msg for ok, msg in checks if not ok]
+        if errors:
+            raise ValueError("invalid SPUL config: " + "; ".join(errors))
+        if self.retain_per_batch == 0 and (self.alpha > 0 or self.beta > 0):
+            log.warning("retain_per_batch=0: alpha and beta have no effect")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["generic_labels"] = list(self.generic_labels)
+        return out
