@@ -1,0 +1,171 @@
+"""Closed-loop HTTP load generator: N concurrent clients over loopback, streaming, bounded.
+
+Every client sends one streaming `POST /v1/generate` at a time and sends the next as soon as
+the previous one ends, until the shared request budget or the time budget runs out. Latency is
+measured per request from send to the last byte; time to first token (TTFT) from send to the
+first server-sent event that carries text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What to ask: prompts and profiles are cycled (offset so neighbours differ), greedy decoding."""
+
+    prompts: Sequence[str]
+    profiles: Sequence[str | None]  # [None] = no profile
+    max_new_tokens: int = 16
+    extra: dict = field(default_factory=dict)  # further request fields, e.g. {"ignore_eos": True}
+
+    def bodies(self) -> Iterator[dict]:
+        for i in itertools.count():
+            yield {
+                "profile": self.profiles[i % len(self.profiles)],
+                "prompt": self.prompts[(i * 7) % len(self.prompts)],
+                "max_new_tokens": self.max_new_tokens,
+                "temperature": 0.0,
+                "stream": True,
+                **self.extra,
+            }
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    latency_s: float
+    ttft_s: float | None
+    tokens: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    clients: int
+    wall_s: float
+    records: list[RequestRecord]
+
+    @property
+    def ok(self) -> list[RequestRecord]:
+        return [r for r in self.records if r.error is None]
+
+    @property
+    def errors(self) -> int:
+        return len(self.records) - len(self.ok)
+
+    def summary(self) -> dict[str, float | int]:
+        ok = self.ok
+        tokens = sum(r.tokens for r in ok)
+        latencies = [r.latency_s * 1000 for r in ok]
+        ttfts = [r.ttft_s * 1000 for r in ok if r.ttft_s is not None]
+        return {
+            "clients": self.clients,
+            "requests": len(ok),
+            "errors": self.errors,
+            "generated_tokens": tokens,
+            "wall_s": round(self.wall_s, 3),
+            "tokens_per_s": round(tokens / self.wall_s, 2) if self.wall_s > 0 else 0.0,
+            "p50_ms": percentile(latencies, 50),
+            "p99_ms": percentile(latencies, 99),
+            "ttft_p50_ms": percentile(ttfts, 50),
+            "ttft_p99_ms": percentile(ttfts, 99),
+        }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    value = ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    return round(value, 2)
+
+
+async def run_load(
+    base_url: str, workload: Workload, *, clients: int, requests: int, max_seconds: float, timeout_s: float = 300.0
+) -> LoadResult:
+    """Drive `clients` concurrent streams until `requests` are done or `max_seconds` have passed."""
+    bodies = itertools.islice(workload.bodies(), requests)
+    deadline = time.perf_counter() + max_seconds
+    records: list[RequestRecord] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(_client_loop(client, bodies, deadline, records) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    return LoadResult(clients, wall, records)
+
+
+async def _client_loop(client: httpx.AsyncClient, bodies: Iterator[dict], deadline: float,
+                       records: list[RequestRecord]) -> None:
+    # the shared iterator is only advanced from the event loop thread, so no lock is needed
+    for body in bodies:
+        if time.perf_counter() >= deadline:
+            return
+        records.append(await one_request(client, body))
+
+
+async def one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
+    """Send one streaming request; parse server-sent events `data: {json}` until `[DONE]` or EOF."""
+    start = time.perf_counter()
+    ttft: float | None = None
+    token_events = 0
+    reported: int | None = None
+    try:
+        async with client.stream("POST", "/v1/generate", json=body) as response:
+            if response.status_code != 200:
+                detail = (await response.aread()).decode(errors="replace")[:200]
+                return RequestRecord(time.perf_counter() - start, None, 0, f"HTTP {response.status_code}: {detail}")
+            async for line in response.aiter_lines():
+                event = parse_event(line)
+                if event is None:
+                    continue
+                if ttft is None and _carries_token(event):
+                    ttft = time.perf_counter() - start
+                token_events += _carries_token(event)
+                reported = completion_tokens(event) or reported
+    except httpx.HTTPError as err:
+        return RequestRecord(time.perf_counter() - start, ttft, 0, f"{type(err).__name__}: {err}")
+    return RequestRecord(time.perf_counter() - start, ttft, reported if reported is not None else token_events)
+
+
+def parse_event(line: str) -> dict | None:
+    """`data: {...}` -> the JSON object; anything else (comments, `[DONE]`, blank) -> None."""
+    if not line.startswith("data:"):
+        return None
+    payload = line[len("data:"):].strip()
+    if not payload or payload == "[DONE]":
+        return None
+    try:
+        event = json.loads(payload)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _carries_token(event: dict) -> bool:
+    """A token event: has a token id or a non-empty text delta, and is not the final summary."""
+    if completion_tokens(event) is not None:
+        return False
+    return event.get("token_id") is not None or bool(event.get("text") or event.get("delta"))
+
+
+def completion_tokens(event: dict) -> int | None:
+    """The final event's generated-token count, flat or under `usage` (OpenAI style)."""
+    usage = event.get("usage") if isinstance(event.get("usage"), dict) else event
+    value = usage.get("completion_tokens", usage.get("generated_tokens"))
+    return int(value) if isinstance(value, (int, float)) else None

@@ -1,0 +1,111 @@
+"""Run the benchmark suites and write JSON plus a markdown table (what `spul bench` calls)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from benchmarks.models import prepare_model, write_profiles
+from benchmarks.report import git_revision, machine_info, markdown, targets
+from benchmarks.serving import SYSTEMS, ServingConfig, run_serving
+
+log = logging.getLogger(__name__)
+
+SUITES = ("serving", "train_step", "profiles")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model: str = "speed-100m"  # "reference", "speed-100m" or a local model directory
+    clients: Sequence[int] = (1, 8, 32, 64)
+    requests: int = 64
+    max_seconds: float = 120.0
+    max_new_tokens: int = 16
+    profiles: int = 8  # mixed-P profiles the serving benchmark spreads requests over
+    many_profiles: int = 10_000  # the resident-profiles suite
+    systems: Sequence[str] = SYSTEMS
+    suites: Sequence[str] = SUITES
+    workdir: Path | None = None  # default: a temporary directory, removed afterwards
+    extra_request_fields: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.suites) - set(SUITES))
+        if unknown:
+            raise ValueError(f"unknown suites {unknown}; choose from {list(SUITES)}")
+        if self.requests < 1 or self.max_new_tokens < 1 or self.profiles < 1:
+            raise ValueError("requests, max_new_tokens and profiles must be >= 1")
+
+
+def run_bench(options: BenchOptions) -> dict:
+    """Run the chosen suites; returns the report dict (results, targets, machine, model, ...)."""
+    if options.workdir is not None:
+        return _run_in(options, Path(options.workdir))
+    with tempfile.TemporaryDirectory(prefix="spul-bench-") as tmp:
+        return _run_in(options, Path(tmp))
+
+
+def _run_in(options: BenchOptions, workdir: Path) -> dict:
+    model = prepare_model(options.model, workdir=workdir)
+    report: dict = {
+        "results": [],
+        "machine": machine_info(),
+        "model": {**asdict(model), "path": str(model.path)},
+        "settings": _settings(options),
+        "git_revision": git_revision(),
+    }
+    if "serving" in options.suites:
+        store = workdir / "store"
+        profiles = write_profiles(store, model.path, count=options.profiles)
+        config = ServingConfig(
+            model=model, store=store, profiles=profiles, workdir=workdir / "logs", clients=options.clients,
+            requests=options.requests, max_seconds=options.max_seconds, max_new_tokens=options.max_new_tokens,
+            systems=options.systems, extra_request_fields=options.extra_request_fields,
+        )
+        report["results"] = run_serving(config)
+    if "train_step" in options.suites:
+        from benchmarks.train_step import run_train_step
+
+        report["train_step"] = run_train_step(model.path)
+    if "profiles" in options.suites:
+        from benchmarks.profiles import run_many_profiles
+
+        report["many_profiles"] = run_many_profiles(
+            model, workdir=workdir / "many", count=options.many_profiles, max_new_tokens=options.max_new_tokens,
+        )
+    report["targets"] = targets(report["results"], report.get("many_profiles"))
+    return report
+
+
+def _settings(options: BenchOptions) -> dict:
+    from benchmarks.serving import NO_CACHE_ENV, SERVER_ENV
+
+    out = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(options).items()}
+    out["workdir"] = str(options.workdir) if options.workdir else None
+    out["server_env"] = SERVER_ENV
+    out["no_cache_env"] = NO_CACHE_ENV
+    return out
+
+
+def write_report(report: dict, json_path: Path) -> Path:
+    """Write the JSON and the markdown table next to it (same name, .md); returns the .md path."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=False) + "\n")
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(markdown(report))
+    return md_path
+
+
+def _json_safe(value):
+    """NaN (e.g. TTFT of a run with no successful request) is not JSON: write null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
