@@ -1,0 +1,151 @@
+"""Key/value caches as plain tensors: a left-padded batch cache and a bounded LRU of prompt prefixes.
+
+Rows of one batch have different lengths (different soft prompts P, different queries), so the
+batch cache is left-padded: every row's real positions end at the last column, pad columns are
+masked out, and positions come from the mask (`position_ids_from_mask`), never from the column.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class KVBatch:
+    """Per-layer keys/values (B, kvh, L, hd) plus the (B, L) mask of real positions."""
+
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+    mask: torch.Tensor  # (B, L) long, 1 = real position
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.mask.shape[1])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def as_cache(self) -> DynamicCache:
+        """A fresh HF cache holding these tensors (the model appends to it, we never mutate ours)."""
+        return DynamicCache(ddp_cache_data=list(zip(self.keys, self.values)))
+
+    @classmethod
+    def from_cache(cls, cache: DynamicCache, mask: torch.Tensor) -> KVBatch:
+        keys = tuple(layer.keys for layer in cache.layers)
+        values = tuple(layer.values for layer in cache.layers)
+        return cls(keys, values, mask)
+
+    def left_pad(self, length: int) -> KVBatch:
+        """Prepend masked columns so the cache is `length` long."""
+        extra = length - self.length
+        if extra <= 0:
+            return self
+        pad = (0, 0, extra, 0)  # pads dim -2 (L) on the left
+        return KVBatch(
+            tuple(F.pad(k, pad) for k in self.keys),
+            tuple(F.pad(v, pad) for v in self.values),
+            F.pad(self.mask, (extra, 0)),
+        )
+
+    def select(self, rows: list[int]) -> KVBatch:
+        """Keep only `rows` (in that order), then drop leading columns no row uses any more."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        kept = KVBatch(
+            tuple(k.index_select(0, index) for k in self.keys),
+            tuple(v.index_select(0, index) for v in self.values),
+            self.mask.index_select(0, index),
+        )
+        return kept.trim()
+
+    def trim(self) -> KVBatch:
+        used = self.mask.any(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else self.length
+        if start == 0:
+            return self
+        return KVBatch(
+            tuple(k[:, :, start:] for k in self.keys),
+            tuple(v[:, :, start:] for v in self.values),
+            self.mask[:, start:],
+        )
+
+
+def concat_batches(batches: list[KVBatch]) -> KVBatch:
+    """Stack batches along B, left-padding each to the longest."""
+    if len(batches) == 1:
+        return batches[0]
+    length = max(b.length for b in batches)
+    padded = [b.left_pad(length) for b in batches]
+    n_layers = len(padded[0].keys)
+    return KVBatch(
+        tuple(torch.cat([b.keys[i] for b in padded]) for i in range(n_layers)),
+        tuple(torch.cat([b.values[i] for b in padded]) for i in range(n_layers)),
+        torch.cat([b.mask for b in padded]),
+    )
+
+
+class PrefixCache:
+    """LRU of prompt-prefix caches keyed by artifact sha256, bounded by total tensor bytes.
+
+    The K/V of a profile's P prompt positions depend only on that prompt (causal attention), so
+    they are computed once per version and shared by every request of it. Thread-safe: the
+    engine thread reads, the registry evicts on upload/activate/delete.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, KVBatch] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> KVBatch | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def put(self, key: str, entry: KVBatch) -> None:
+        size = entry.nbytes()
+        if size > self.max_bytes:
+            return  # larger than the whole budget: serve it uncached rather than thrash
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes()
+            self._entries[key] = entry
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes()
+
+    def retain(self, keys: set[str]) -> None:
+        """Drop every entry whose version is no longer active (called after store changes)."""
+        with self._lock:
+            for key in [k for k in self._entries if k not in keys]:
+                self._bytes -= self._entries.pop(key).nbytes()

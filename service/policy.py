@@ -1,0 +1,51 @@
+"""Request policy, before anything is queued: which prompt applies, and whether the query fits.
+
+Fail closed: every path either returns a handle to a loaded prompt or raises; there is no path
+that answers from the bare base model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.registry import PromptHandle, PromptRegistry
+from service.settings import Settings
+
+
+class ProfileRequired(ValueError):
+    """The deployment requires a profile and the request named none."""
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+class EmptyPrompt(ValueError):
+    pass
+
+
+def choose_profile(settings: Settings, registry: PromptRegistry, requested: str | None) -> PromptHandle:
+    """The named profile, else the default one; raises if neither applies (never serves bare)."""
+    if requested is None and settings.require_profile:
+        raise ProfileRequired("this deployment requires a profile: name one (GET /v1/models lists them)")
+    name = requested if requested is not None else settings.default_profile
+    if name is None:
+        raise ProfileRequired(
+            "no profile named and no default profile configured: name one (GET /v1/models lists them)"
+        )
+    return registry.resolve(name)  # UnknownProfile / ProfileUnavailable propagate
+
+
+def encode_prompt(tokenizer: Any, text: str, *, max_tokens: int) -> tuple[int, ...]:
+    """Tokenise the query exactly as training and evaluation do (the tokenizer's own defaults)."""
+    ids = tuple(int(i) for i in tokenizer(text)["input_ids"])
+    if not ids:
+        raise EmptyPrompt("the prompt has no tokens")
+    if len(ids) > max_tokens:
+        raise PromptTooLong(f"the prompt has {len(ids)} tokens; the limit is {max_tokens}")
+    return ids
+
+
+def chat_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """Render chat messages with the tokenizer's own template, ready for the assistant's turn."""
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))

@@ -1,0 +1,124 @@
+"""OpenAI-compatible endpoints: the profile is named in `model`, so the official client works unchanged.
+
+`system_fingerprint` carries "<profile>@v<version>" so a client can see which version answered.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import StreamingResponse
+
+from service.policy import chat_text
+from service.routes.deps import RuntimeDep, collect, sse, start_generation
+from service.runtime import Runtime
+from service.sampling import SamplingParams
+from service.scheduler import GenerationRequest, RequestStream, TokenEvent
+from service.schemas import ChatCompletionRequest, CompletionRequest, _OpenAIBase, stop_tuple
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+DEFAULT_MODEL_NAMES = ("default", "")
+
+
+@router.get("/models")
+def list_models(runtime: RuntimeDep) -> dict[str, Any]:
+    handles = runtime.registry.handles()
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "spul", "version": h.version}
+        for name, h in sorted(handles.items())
+    ]
+    return {"object": "list", "data": data}
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, runtime: RuntimeDep) -> Any:
+    request, stream = _start(runtime, body, body.prompt, body.max_tokens)
+    reply = _Reply("cmpl", "text_completion", request)
+    if body.stream:
+        return _stream(reply.completion_chunks(stream), stream)
+    text, final = await collect(stream)
+    return reply.completion(text, final)
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep) -> Any:
+    if not runtime.has_chat_template:
+        raise HTTPException(400, "this model's tokenizer has no chat template; use /v1/completions")
+    text = chat_text(runtime.tokenizer, [m.model_dump() for m in body.messages])
+    request, stream = _start(runtime, body, text, body.max_completion_tokens or body.max_tokens)
+    reply = _Reply("chatcmpl", "chat.completion", request)
+    if body.stream:
+        return _stream(reply.chat_chunks(stream), stream)
+    text, final = await collect(stream)
+    return reply.chat(text, final)
+
+
+def _start(
+    runtime: Runtime, body: _OpenAIBase, text: str, max_tokens: int | None
+) -> tuple[GenerationRequest, RequestStream]:
+    # the served base model's name (or "default") means: no profile named, apply the policy
+    named = None if body.model in (*DEFAULT_MODEL_NAMES, runtime.model_name) else body.model
+    return start_generation(
+        runtime,
+        profile=named,
+        text=text,
+        max_new_tokens=max_tokens,
+        sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed),
+        stop=stop_tuple(body.stop),
+    )
+
+
+def _stream(events: AsyncIterator[dict[str, Any] | str], stream: RequestStream) -> StreamingResponse:
+    return StreamingResponse(sse(events, stream), media_type="text/event-stream")
+
+
+class _Reply:
+    """Builds OpenAI-shaped bodies for one request."""
+
+    def __init__(self, id_prefix: str, kind: str, request: GenerationRequest) -> None:
+        self.id = f"{id_prefix}-{uuid.uuid4().hex}"
+        self.kind = kind
+        self.created = int(time.time())
+        self.handle = request.handle
+
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.handle.profile,
+            "system_fingerprint": f"{self.handle.profile}@v{self.handle.version}",
+        }
+
+    @staticmethod
+    def _usage(final: TokenEvent) -> dict[str, int]:
+        total = final.prompt_tokens + final.completion_tokens
+        return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens, "total_tokens": total}
+
+    def completion(self, text: str, final: TokenEvent) -> dict[str, Any]:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": final.finish_reason}
+        return {**self._base(self.kind), "choices": [choice], "usage": self._usage(final)}
+
+    def chat(self, text: str, final: TokenEvent) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": final.finish_reason}
+        return {**self._base(self.kind), "choices": [choice], "usage": self._usage(final)}
+
+    async def completion_chunks(self, stream: RequestStream) -> AsyncIterator[dict[str, Any] | str]:
+        async for event in stream:
+            choice = {"index": 0, "text": event.text, "logprobs": None, "finish_reason": event.finish_reason}
+            yield {**self._base(self.kind), "choices": [choice]}
+        yield "[DONE]"
+
+    async def chat_chunks(self, stream: RequestStream) -> AsyncIterator[dict[str, Any] | str]:
+        first = True
+        async for event in stream:
+            delta = {"role": "assistant", "content": event.text} if first else {"content": event.text}
+            first = False
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": event.finish_reason}
+            yield {**self._base("chat.completion.chunk"), "choices": [choice]}
+        yield "[DONE]"

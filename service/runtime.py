@@ -1,0 +1,149 @@
+"""Everything the app serves with, built once at start: model, registry, engine, scheduler, metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prompts_store import ArtifactError, PromptStore, model_fingerprint
+from service.engine import Engine
+from service.metrics import Metrics
+from service.registry import ModelIdentity, PromptRegistry
+from service.scheduler import Scheduler
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The service cannot start (missing model, bad settings); the message says what to do."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    model_name: str
+    tokenizer: Any
+    registry: PromptRegistry
+    engine: Engine
+    scheduler: Scheduler
+    metrics: Metrics
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+
+def reference_paths() -> tuple[Path, Path]:
+    from spul import REFERENCE_DIR
+
+    return REFERENCE_DIR / "model", REFERENCE_DIR / "profiles"
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise StartupError("SPUL_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, setting)
+
+
+def load_model(name: str, *, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+    except OSError as err:
+        raise StartupError(f"cannot load model {name!r}: {err}") from err
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def seed_reference_profiles(store: PromptStore, profiles_dir: Path) -> None:
+    """First start on the reference model: copy the shipped demo profiles into an empty store."""
+    if store.profiles():
+        return
+    files = sorted(profiles_dir.glob("*.safetensors"))
+    if not files:
+        raise StartupError(
+            f"no demo profiles in {profiles_dir}; reinstall spul-serve or pass --store with trained profiles"
+        )
+    for path in files:
+        store.put(path.stem, path.read_bytes())
+        log.info("seeded demo profile %s into %s", path.stem, store.root)
+
+
+def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
+    """Load the model once, then every active profile (validated against this model)."""
+    model_name = settings.model
+    store = PromptStore(settings.store, max_bytes=settings.max_upload_bytes)
+    if model_name is None:
+        model_dir, profiles_dir = reference_paths()
+        if not (model_dir / "config.json").is_file():
+            raise StartupError(
+                f"the reference model is missing from {model_dir}; pass --model PATH (a Hugging Face "
+                "model directory) or reinstall spul-serve"
+            )
+        model_name = str(model_dir)
+        seed_reference_profiles(store, profiles_dir)
+    device = resolve_device(settings.device)
+    model, tokenizer = load_model(model_name, device=device, dtype=resolve_dtype(settings.dtype, device))
+    engine = Engine(model, prefix_cache_bytes=settings.prefix_cache_bytes)
+    identity = ModelIdentity(
+        fingerprint=model_fingerprint(model, tokenizer),
+        hidden_size=int(model.config.hidden_size),
+        device=engine.device,
+        dtype=engine.dtype,
+    )
+    def on_change(active: set[str]) -> None:
+        engine.prefix_cache.retain(active)  # old versions' prefixes can never be asked for again
+        metrics.profiles_loaded.set(len(registry.loaded()))
+
+    registry = PromptRegistry(
+        store, identity, on_load=metrics.artifact_load_seconds.observe, on_change=on_change
+    )
+    start = time.perf_counter()
+    registry.refresh()
+    log.info("loaded %d profiles in %.2fs", len(registry.loaded()), time.perf_counter() - start)
+    _check_default_profile(settings, registry)
+    scheduler = Scheduler(
+        engine,
+        tokenizer,
+        metrics,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue,
+        eos_token_ids=_eos_ids(model, tokenizer),
+    )
+    return Runtime(settings, Path(model_name).name or model_name, tokenizer, registry, engine, scheduler, metrics)
+
+
+def _check_default_profile(settings: Settings, registry: PromptRegistry) -> None:
+    """Fail closed at start: a mandatory profile that cannot be applied stops the server."""
+    if settings.default_profile is None:
+        return
+    try:
+        registry.resolve(settings.default_profile)
+    except (LookupError, RuntimeError, ArtifactError) as err:
+        raise StartupError(f"SPUL_DEFAULT_PROFILE={settings.default_profile!r} cannot be applied: {err}") from err
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif isinstance(configured, list):
+        ids.update(configured)
+    return ids

@@ -1,0 +1,52 @@
+"""Service settings: one pydantic-settings object, from `SPUL_*` environment variables, validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STORE = Path.home() / ".cache" / "spul" / "store"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPUL_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model: str | None = Field(None, description="HF model dir or id; None = the shipped reference model")
+    store: Path = DEFAULT_STORE
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    admin_enabled: bool | None = Field(None, description="None = enabled exactly when a token is set")
+    admin_token: SecretStr | None = None
+
+    default_profile: str | None = Field(None, description="applied to requests that name no profile")
+    require_profile: bool = Field(False, description="refuse requests that name no profile")
+
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_queue: int = Field(256, ge=1)
+    max_prompt_tokens: int = Field(1024, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    request_timeout_s: float = Field(120.0, gt=0)
+    store_poll_s: float = Field(2.0, ge=0, description="0 = never poll the store for other writers")
+    prefix_cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="0 = no prefix cache")
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_profile_labels: int = Field(100, ge=1, description="distinct profile metric labels before 'other'")
+    shutdown_grace_s: float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.admin_enabled and self.admin_token is None:
+            raise ValueError("admin endpoints are enabled but no token is set: set SPUL_ADMIN_TOKEN "
+                             "(or SPUL_ADMIN_ENABLED=false)")
+        if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
+            raise ValueError("SPUL_ADMIN_TOKEN is too short: use at least 16 random characters")
+        return self
+
+    @property
+    def admin(self) -> bool:
+        return self.admin_token is not None if self.admin_enabled is None else self.admin_enabled
