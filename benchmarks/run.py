@@ -61,10 +61,11 @@ def _run_in(options: BenchOptions, workdir: Path) -> dict:
     if "serving" in options.suites:
         store = workdir / "store"
         profiles = write_profiles(store, model.path, count=options.profiles)
+        (bare,) = write_profiles(store, model.path, count=1, lengths=(1,), prefix="bare")
         config = ServingConfig(
             model=model, store=store, profiles=profiles, workdir=workdir / "logs", clients=options.clients,
             requests=options.requests, max_seconds=options.max_seconds, max_new_tokens=options.max_new_tokens,
-            systems=options.systems, extra_request_fields=options.extra_request_fields,
+            systems=options.systems, bare_profile=bare, extra_request_fields=options.extra_request_fields,
         )
         report["results"] = run_serving(config)
     if "train_step" in options.suites:

@@ -2,7 +2,10 @@
 
 Systems (the `system` field of a result):
 - ``spul``: `spul serve` with its prefix cache on, requests spread over mixed-P profiles;
-- ``no_profile``: the same server process, requests naming no profile (the SPUL overhead);
+- ``no_profile``: the same server process, requests naming no profile (the SPUL overhead). `spul
+  serve` fails closed and has no setting to serve the bare model, so when it refuses such a
+  request the benchmark sends them to a profile of P = 1 instead (the least prefix an artifact
+  can have); the result row says which (`no_profile_via`);
 - ``spul_no_cache``: `spul serve` with the prefix cache disabled, same requests as ``spul``;
 - ``naive``: benchmarks/naive_server.py, one `generate(inputs_embeds=...)` at a time.
 """
@@ -38,6 +41,7 @@ class ServingConfig:
     max_seconds: float = 120.0  # per run: no new request starts after this
     max_new_tokens: int = 16
     systems: Sequence[str] = SYSTEMS
+    bare_profile: str | None = None  # a P = 1 profile, the stand-in for "no profile" (see above)
     extra_request_fields: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,10 +62,10 @@ def run_serving(config: ServingConfig) -> list[dict]:
             continue
         log.info("starting %s for %s", spec.name, systems)
         with running(spec, log_path=config.workdir / f"{spec.name}.log") as server:
-            _warm_up(server, config)
+            bare = _warm_up(server, config)
             for clients in config.clients:
                 for system in systems:
-                    results.append(_measure(server, config, system, clients))
+                    results.append(_measure(server, config, system, clients, bare))
     order = {name: i for i, name in enumerate(SYSTEMS)}
     return sorted(results, key=lambda r: (order[r["system"]], r["clients"]))
 
@@ -77,28 +81,36 @@ def _server_plan(config: ServingConfig) -> list[tuple[ServerSpec, list[str]]]:
     ]
 
 
-def workload_for(config: ServingConfig, system: str) -> Workload:
-    profiles: Sequence[str | None] = [None] if system == "no_profile" else list(config.profiles)
+def workload_for(config: ServingConfig, system: str, bare: str | None = None) -> Workload:
+    profiles: Sequence[str | None] = [bare] if system == "no_profile" else list(config.profiles)
     return Workload(query_texts(), profiles, config.max_new_tokens, dict(config.extra_request_fields))
 
 
-def _warm_up(server: RunningServer, config: ServingConfig) -> None:
-    """One request per profile (fills the prefix cache, as in steady state) plus one with none."""
-    for system in ("spul", "no_profile"):
-        workload = workload_for(config, system)
-        requests = len(workload.profiles)
-        result = asyncio.run(run_load(server.url, workload, clients=2, requests=requests, max_seconds=60.0))
-        if result.errors and system == "spul":
-            raise RuntimeError(f"warm-up failed: {result.records[0].error}")
+def _warm_up(server: RunningServer, config: ServingConfig) -> str | None:
+    """One request per profile (fills the prefix cache, as in steady state); returns what
+    `no_profile` requests should name: None if the server serves the bare model, else the P=1 profile."""
+    result = _load(server, workload_for(config, "spul"), clients=2, requests=len(config.profiles))
+    if result.errors:
+        raise RuntimeError(f"warm-up failed: {next(r.error for r in result.records if r.error)}")
+    for bare in (None, config.bare_profile):
+        if not _load(server, workload_for(config, "no_profile", bare), clients=1, requests=2).errors:
+            return bare
+    return None  # the no_profile rows will show the server's errors
 
 
-def _measure(server: RunningServer, config: ServingConfig, system: str, clients: int) -> dict:
-    workload = workload_for(config, system)
+def _load(server: RunningServer, workload: Workload, *, clients: int, requests: int):
+    return asyncio.run(run_load(server.url, workload, clients=clients, requests=requests, max_seconds=60.0))
+
+
+def _measure(server: RunningServer, config: ServingConfig, system: str, clients: int, bare: str | None) -> dict:
+    workload = workload_for(config, system, bare)
     requests = max(config.requests, 2 * clients)
     result = asyncio.run(
         run_load(server.url, workload, clients=clients, requests=requests, max_seconds=config.max_seconds)
     )
     summary = {"system": system, **result.summary()}
+    if system == "no_profile":
+        summary["no_profile_via"] = "no profile" if bare is None else f"P=1 profile {bare}"
     if result.errors:
         first = next(r.error for r in result.records if r.error)
         log.warning("%s at %d clients: %d errors, first: %s", system, clients, result.errors, first)
