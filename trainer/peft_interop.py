@@ -62,7 +62,9 @@ class PeftPromptConfig:
     def from_dict(cls, raw: dict[str, Any]) -> PeftPromptConfig:
         peft_type = str(raw.get("peft_type", ""))
         if peft_type not in SUPPORTED_PEFT_TYPES:
-            raise PeftInteropError(f"peft_type {peft_type!r} is not supported; use one of {list(SUPPORTED_PEFT_TYPES)}")
+            raise PeftInteropError(
+                f"peft_type {peft_type!r} is not supported; use one of {list(SUPPORTED_PEFT_TYPES)}"
+            )
         try:
             config = cls(
                 peft_type=peft_type,
@@ -89,7 +91,9 @@ class PeftPromptConfig:
         if self.num_virtual_tokens < 1 or self.token_dim < 1:
             raise PeftInteropError(f"num_virtual_tokens and token_dim must be positive; got {self}")
         if self.peft_type == "P_TUNING" and self.encoder_type not in ENCODER_TYPES:
-            raise PeftInteropError(f"encoder type {self.encoder_type!r} unknown; use one of {list(ENCODER_TYPES)}")
+            raise PeftInteropError(
+                f"encoder type {self.encoder_type!r} unknown; use one of {list(ENCODER_TYPES)}"
+            )
 
 
 def _optional_int(value: Any) -> int | None:
@@ -132,7 +136,9 @@ def encoder_output(config: PeftPromptConfig, weights: dict[str, torch.Tensor]) -
     try:
         encoder.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     except RuntimeError as err:
-        raise PeftInteropError(f"encoder weights do not fit {config.encoder_type} encoder of {config}: {err}") from err
+        raise PeftInteropError(
+            f"encoder weights do not fit {config.encoder_type} encoder of {config}: {err}"
+        ) from err
     with torch.no_grad():
         return encoder()  # (P, H)
 
@@ -161,8 +167,9 @@ def read_peft_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         if (directory / PICKLE_NAME).is_file():
             raise PeftInteropError(
-                f"{directory} holds only {PICKLE_NAME}, a pickle, which is never loaded here (it can run code). "
-                f"Re-save it with PeftModel.save_pretrained(..., safe_serialization=True) to get {WEIGHTS_NAME}"
+                f"{directory} holds only {PICKLE_NAME}, a pickle, which is never loaded here "
+                "(it can run code). Re-save it with PeftModel.save_pretrained(..., safe_serialization=True) "
+                f"to get {WEIGHTS_NAME}"
             )
         raise PeftInteropError(f"{path} not found; pass the directory PeftModel.save_pretrained wrote")
     try:
@@ -181,11 +188,14 @@ def prompt_table(config: PeftPromptConfig, weights: dict[str, torch.Tensor]) -> 
     elif config.peft_type == "P_TUNING":
         table = encoder_output(config, _encoder_weights(weights))
     else:
-        raise PeftInteropError(f"prompt-tuning checkpoint lacks the {TABLE_KEY!r} tensor; found {sorted(weights)[:5]}")
+        raise PeftInteropError(
+            f"prompt-tuning checkpoint lacks the {TABLE_KEY!r} tensor; found {sorted(weights)[:5]}"
+        )
     expected = (config.num_virtual_tokens, config.token_dim)
     if tuple(table.shape) != expected:
         raise PeftInteropError(
-            f"prompt table has shape {tuple(table.shape)}, but the config says (num_virtual_tokens, token_dim) = {expected}"
+            f"prompt table has shape {tuple(table.shape)}, but the config says "
+            f"(num_virtual_tokens, token_dim) = {expected}"
         )
     return table.detach().float().contiguous()  # (P, H)
 

@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     imp.add_argument("directory", type=Path, metavar="DIR", help="PEFT checkpoint directory")
     imp.add_argument("--base", required=True, help="base model: local HF directory or hub id")
-    imp.add_argument("--out", required=True, type=Path, metavar="FILE", help="artifact to write (.safetensors)")
+    imp.add_argument(
+        "--out", required=True, type=Path, metavar="FILE", help="artifact to write (.safetensors)"
+    )
     imp.add_argument("--store", type=Path, metavar="ROOT", help="also publish the artifact into this store")
     imp.add_argument("--profile", help="profile id (default: the checkpoint directory's name)")
     imp.set_defaults(func=run_import)
@@ -29,10 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp = subparsers.add_parser(
         "export-peft",
         help="write a prompt artifact as a PEFT prompt-tuning checkpoint",
-        description="Write OUT/adapter_config.json + OUT/adapter_model.safetensors that PeftModel.from_pretrained loads.",
+        description=(
+            "Write OUT/adapter_config.json + OUT/adapter_model.safetensors (PEFT prompt tuning, CAUSAL_LM) "
+            "that PeftModel.from_pretrained loads."
+        ),
     )
     exp.add_argument("artifact", type=Path, metavar="FILE", help="prompt artifact (.safetensors)")
-    exp.add_argument("--base", required=True, help="base model the artifact was trained for (checked by fingerprint)")
+    exp.add_argument(
+        "--base", required=True, help="base model the artifact was trained for (checked by fingerprint)"
+    )
     exp.add_argument("--out", required=True, type=Path, metavar="DIR", help="checkpoint directory to write")
     exp.set_defaults(func=run_export)
 
