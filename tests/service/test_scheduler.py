@@ -1,0 +1,128 @@
+"""The batcher: concurrent requests, seeded sampling, bounded queue, cancellation, timeouts, stop strings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from service.engine import Engine
+from service.metrics import Metrics
+from service.registry import PromptHandle
+from service.sampling import SamplingParams, top_p_filter
+from service.scheduler import GenerationRequest, QueueFull, Scheduler, ShuttingDown
+from service.textstream import TextTracker
+
+
+@pytest.fixture(scope="module")
+def handles(tiny_model) -> list[PromptHandle]:
+    hidden = tiny_model[0].config.hidden_size
+    generator = torch.Generator().manual_seed(3)
+    return [PromptHandle(f"p{p}", 1, f"sha-{p}", torch.randn(p, hidden, generator=generator)) for p in (2, 5)]
+
+
+def make_scheduler(tiny_model, **kwargs) -> Scheduler:
+    model, tokenizer = tiny_model
+    engine = Engine(model, prefix_cache_bytes=1 << 24)
+    return Scheduler(engine, tokenizer, Metrics(), eos_token_ids={-1}, **kwargs)
+
+
+def request(tiny_model, handle, text, *, n=8, **kwargs) -> GenerationRequest:
+    ids = tuple(tiny_model[1](text)["input_ids"])
+    return GenerationRequest(handle=handle, token_ids=ids, max_new_tokens=n, **kwargs)
+
+
+async def run_all(scheduler: Scheduler, requests: list[GenerationRequest]) -> list[tuple[str, str, int]]:
+    async def one(req):
+        parts, reason, tokens = [], None, 0
+        async for event in scheduler.submit(req):
+            parts.append(event.text)
+            reason, tokens = event.finish_reason, event.completion_tokens
+        return "".join(parts), reason, tokens
+
+    return await asyncio.gather(*(one(r) for r in requests))
+
+
+async def with_scheduler(scheduler: Scheduler, body):
+    scheduler.start()
+    try:
+        return await body()
+    finally:
+        await scheduler.shutdown(grace_s=1.0)
+
+
+TEXTS = ["where was alba born ?", "what does brin do", "the film with cora was great", "hello world"]
+
+
+def test_concurrent_mixed_profiles_equal_alone_and_seeded_sampling_repeats(tiny_model, handles):
+    reqs = [request(tiny_model, handles[i % 2], t, n=3 + 2 * i) for i, t in enumerate(TEXTS)]
+    seeded = [request(tiny_model, handles[1], t, sampling=SamplingParams(temperature=1.0, top_p=0.9, seed=11))
+              for t in TEXTS[:2]]
+
+    async def body():
+        alone = [(await run_all(scheduler, [r]))[0] for r in reqs + seeded]
+        together = await run_all(scheduler, reqs + seeded)
+        return alone, together
+
+    scheduler = make_scheduler(tiny_model)
+    alone, together = asyncio.run(with_scheduler(scheduler, body))
+    assert together == alone
+    assert [(reason, tokens) for _, reason, tokens in alone[:4]] == [("length", n) for n in (3, 5, 7, 9)]
+
+
+def test_queue_full_is_refused_and_shutdown_refuses_new_requests(tiny_model, handles):
+    scheduler = make_scheduler(tiny_model, max_queue=2)  # not started: nothing leaves the queue
+
+    async def body():
+        scheduler.submit(request(tiny_model, handles[0], "hello"))
+        scheduler.submit(request(tiny_model, handles[0], "hello"))
+        with pytest.raises(QueueFull):
+            scheduler.submit(request(tiny_model, handles[0], "hello"))
+        scheduler.start()
+        await scheduler.shutdown(grace_s=5.0)
+        with pytest.raises(ShuttingDown):
+            scheduler.submit(request(tiny_model, handles[0], "hello"))
+
+    asyncio.run(body())
+
+
+def test_cancel_frees_the_slot_and_timeout_finishes_the_request(tiny_model, handles):
+    scheduler = make_scheduler(tiny_model, max_batch_size=1)
+
+    async def body():
+        long = scheduler.submit(request(tiny_model, handles[0], "hello", n=10_000))
+        await long.__anext__()  # it is running and holds the only slot
+        long.cancel()
+        short = await run_all(scheduler, [request(tiny_model, handles[1], "hello", n=2)])
+        timed = await run_all(scheduler, [request(tiny_model, handles[1], "hello", n=10_000, timeout_s=0.2)])
+        for _ in range(100):  # the engine thread drops finished rows right after their last event
+            if scheduler.pending() == 0:
+                break
+            await asyncio.sleep(0.02)
+        return short, timed, scheduler.pending()
+
+    short, timed, pending = asyncio.run(with_scheduler(scheduler, body))
+    assert short[0][1] == "length"
+    assert timed[0][1] == "timeout"
+    assert pending == 0
+
+
+def test_text_tracker_holds_back_partial_stop_strings():
+    class Words:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(["a", "b", "c", "d"][i] for i in ids)
+
+    tracker = TextTracker(Words(), stop=("c d",))
+    assert tracker.add(0) == ("a", False)
+    delta, stopped = tracker.add(1)  # "a b": nothing held back yet
+    assert (delta, stopped) == (" b", False)
+    assert tracker.add(2) == (" ", False)  # "c" may be the start of "c d": held back
+    assert tracker.add(3) == ("", True)  # stop found: the text ends before it
+    assert tracker.text == "a b "
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    assert top_p_filter(probs, 0.7).tolist() == pytest.approx([0.625, 0.375, 0.0, 0.0])
+    assert top_p_filter(probs, 0.1).tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])
