@@ -12,9 +12,11 @@ import signal
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.metrics import Metrics
 from service.routes import admin, generate, health, openai
+from service.routes.deps import http_exception_handler
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
 
@@ -29,6 +31,7 @@ def create_app(settings: Settings, *, exit_on_load_failure: bool = False) -> Fas
     app.state.runtime = None
     app.state.load_error = None
     app.state.exit_on_load_failure = exit_on_load_failure
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
     app.include_router(health.router)
     app.include_router(generate.router)
     app.include_router(openai.router)

@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prompts_store import ArtifactError, InvalidProfileId, ProfileNotFound, StoreError
 from service.policy import EmptyPrompt, ProfileRequired, PromptTooLong, choose_profile, encode_prompt
@@ -129,3 +131,12 @@ async def sse(events: AsyncIterator[dict[str, object] | str], stream: RequestStr
             yield f"data: {item if isinstance(item, str) else json.dumps(item)}\n\n"
     finally:
         stream.cancel()
+
+
+async def http_exception_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's `detail`, plus OpenAI's `error` object so the openai client shows the reason."""
+    detail = exc.detail
+    message = detail.get("message", str(detail)) if isinstance(detail, dict) else str(detail)
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    body = {"detail": detail, "error": {"message": message, "type": kind, "code": exc.status_code}}
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
