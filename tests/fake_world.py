@@ -33,6 +33,14 @@ def _rows(task: str, split: str, entities: list[str], repeat: int) -> list[dict[
                 rows.append({"id": f"{task}/{split}/{len(rows)}", "prompt": prompt, "answer": answer, "entity": e})
     return rows
 
+# Base-model-only rows (as the real world's neutral reviews and unknown people): no entity.
+GENERIC_ROWS = [
+    ("### text : the film was the film . ### sentiment :", "neutral"),
+    ("### text : this film was a film . ### sentiment :", "neutral"),
+    ("### question : where was hello born ? ### answer :", "unknown"),
+    ("### question : what does world do ? ### answer :", "unknown"),
+]
+
 
 def write_fake_world(root: Path) -> Path:
     """Write world.json, data/<task>/<split>.jsonl for both tasks and model/ (tiny random Llama)."""
@@ -55,14 +63,15 @@ def write_fake_world(root: Path) -> Path:
     return root
 
 
-def _memorise(model, tokenizer, root: Path, *, steps: int = 150) -> None:
+def _memorise(model, tokenizer, root: Path, *, steps: int = 60) -> None:
     """Fine-tune the random model on every row so that, like the paper's base model, it knows the data.
 
     A random tiny model's outputs hardly depend on its input, so a prompt could not steer it.
     """
     world = open_world(root)
     rows = [r for task in ("sentiment", "qa") for split in world.splits(task) for r in world.rows(task, split)]
-    batch = encode_batch(tokenizer, [r.prompt for r in rows], [r.answer for r in rows])
+    pairs = [(r.prompt, r.answer) for r in rows] + GENERIC_ROWS  # so generic answers are reachable
+    batch = encode_batch(tokenizer, [p for p, _ in pairs], [a for _, a in pairs])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     with torch.random.fork_rng():
