@@ -13,6 +13,8 @@ a prompt has learned, only on its shape.
 from __future__ import annotations
 
 import logging
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,12 +137,15 @@ def write_profiles(
     scale = float(model.get_input_embeddings().weight.detach().std())
     hidden = int(model.get_input_embeddings().weight.shape[1])
     store = PromptStore(store_root)
-    generator = torch.Generator().manual_seed(0)
-    ids = []
-    for i in range(count):
-        profile = f"{prefix}-{i:05d}"
+    ids = [f"{prefix}-{i:05d}" for i in range(count)]
+
+    def publish(i: int) -> None:
+        generator = torch.Generator().manual_seed(zlib.crc32(ids[i].encode()))  # own RNG per thread, stable
         prompt = torch.randn(lengths[i % len(lengths)], hidden, generator=generator) * scale  # (P, H)
-        data = artifact_bytes(prompt, profile=profile, base_model=str(model_path), base_fingerprint=fingerprint)
-        store.put(profile, data, expected_fingerprint=fingerprint)
-        ids.append(profile)
+        data = artifact_bytes(prompt, profile=ids[i], base_model=str(model_path), base_fingerprint=fingerprint)
+        store.put(ids[i], data, expected_fingerprint=fingerprint)
+
+    # the store fsyncs every file it writes; threads overlap those waits (10,000 profiles: ~1 min)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(publish, range(count)))
     return ids

@@ -26,8 +26,12 @@ ENCODER_HIDDEN = 128
 ANSWERS = ("unknown", "in quellport", "positive", "she paints")
 
 
-def run_train_step(model_path: Path, *, batch_size: int = 32, steps: int = 5, warmup: int = 1) -> dict:
-    """Median seconds per optimizer step of each variant; ratios are relative to PEFT."""
+def run_train_step(model_path: Path, *, batch_size: int = 32, steps: int = 5, warmup: int = 2) -> dict:
+    """Median and minimum seconds per optimizer step of each variant; ratios (of medians) against PEFT.
+
+    The variants' steps are interleaved round by round, so a neighbour's burst of CPU load on a
+    shared machine slows all of them alike instead of one variant's whole run.
+    """
     from transformers import AutoTokenizer
 
     from trainer.data import encode_batch
@@ -40,9 +44,11 @@ def run_train_step(model_path: Path, *, batch_size: int = 32, steps: int = 5, wa
     n_forget = max(1, batch_size // 4)  # the trainer's default mix: 1 forget row per 3 retain rows
     out: dict = {"batch_size": batch_size, "seq_len": int(batch.input_ids.shape[1]),
                  "num_virtual_tokens": NUM_VIRTUAL_TOKENS, "steps": steps}
-    for name, make in (("spul", _spul_step(0.5)), ("spul_no_kl", _spul_step(0.0)), ("peft_ptuning", _peft_step)):
-        step = make(_load(model_path), batch, n_forget)
-        out[f"{name}_s_per_step"] = round(_time(step, steps=steps, warmup=warmup), 4)
+    makers = {"spul": _spul_step(0.5), "spul_no_kl": _spul_step(0.0), "peft_ptuning": _peft_step}
+    step_fns = {name: make(_load(model_path), batch, n_forget) for name, make in makers.items()}
+    for name, times in _time_interleaved(step_fns, steps=steps, warmup=warmup).items():
+        out[f"{name}_s_per_step"] = round(statistics.median(times), 4)
+        out[f"{name}_min_s"] = round(min(times), 4)
     peft_s = out["peft_ptuning_s_per_step"]
     out["spul_vs_peft"] = round(out["spul_s_per_step"] / peft_s, 3)
     out["spul_no_kl_vs_peft"] = round(out["spul_no_kl_s_per_step"] / peft_s, 3)
@@ -99,12 +105,15 @@ def _update(loss: torch.Tensor, params: list[torch.Tensor], optimizer: torch.opt
     optimizer.step()
 
 
-def _time(step: Callable[[], None], *, steps: int, warmup: int) -> float:
+def _time_interleaved(steps_by_name: dict[str, Callable[[], None]], *, steps: int,
+                      warmup: int) -> dict[str, list[float]]:
     for _ in range(warmup):
-        step()
-    times = []
+        for step in steps_by_name.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, step in steps_by_name.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
