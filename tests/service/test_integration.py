@@ -152,3 +152,24 @@ def test_changes_by_another_process_are_picked_up_by_polling(live, store_dir, ti
         time.sleep(0.05)
     r = httpx.post(server.url + "/v1/generate", json={"profile": "gamma", "prompt": "hello", "max_new_tokens": 2})
     assert r.status_code == 200 and r.json()["profile"] == "gamma"
+
+
+def test_admin_cli_client(live, tiny_model, tmp_path, capsys):
+    from spul.cli import main
+    from tests.service.conftest import ADMIN_TOKEN
+
+    server = live()
+    model, tokenizer = tiny_model
+    path = tmp_path / "delta.safetensors"
+    path.write_bytes(make_artifact(model, tokenizer, profile="delta", num_virtual_tokens=2, seed=8))
+    conn = ["--server", server.url, "--token", ADMIN_TOKEN]
+    assert main(["upload", str(path), "--profile", "delta", *conn]) == 0
+    assert main(["upload", str(path), "--profile", "delta", *conn]) == 0
+    assert main(["profiles", "activate", "delta", "1", *conn]) == 0
+    assert main(["profiles", "delete", "delta", "--version", "2", *conn]) == 0
+    capsys.readouterr()
+    assert main(["profiles", "list", *conn]) == 0
+    listing = capsys.readouterr().out
+    assert "delta\tactive v1\tserving v1\tversions [1]" in listing
+    assert main(["profiles", "show", "delta", "--server", server.url, "--token", "x" * 20]) == 2  # wrong token
+    assert "401" in capsys.readouterr().err
