@@ -251,12 +251,10 @@ def retrain_candidate(inp: Inputs, config: ReportConfig, *, cache: Path, progres
 def _retrain(world: Any, tokenizer: Any, spec: Any, train_cfg: Any, excluded: list[str], *, progress: bool) -> Any:
     from trainer.basemodel import train_base_model
 
-    threads = torch.get_num_threads()
-    try:
-        model = train_base_model(world.corpus(), tokenizer, model_config=spec.model, train_config=train_cfg,
-                                 exclude_entities=excluded, seed=world.seed, progress=progress)
-    finally:
-        torch.set_num_threads(threads)  # train_base_model sets its own thread count
+    # The caller's thread count, not the world's: on busy shared cores fewer threads win.
+    train_cfg = replace(train_cfg, threads=torch.get_num_threads())
+    model = train_base_model(world.corpus(), tokenizer, model_config=spec.model, train_config=train_cfg,
+                             exclude_entities=excluded, seed=world.seed, progress=progress)
     return model.eval().requires_grad_(False)
 
 
@@ -421,7 +419,7 @@ def score_all(candidates: Sequence[Candidate], inp: Inputs, config: ReportConfig
 
 # ---------------------------------------------------------------- outputs
 def write_outputs(out: Path, report: Mapping[str, Any]) -> None:
-    (out / "report.json").write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True) + "\n",
+    (out / "report.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n",
                                      encoding="utf-8")
     (out / "report.md").write_text(markdown_table(report), encoding="utf-8")
     plot_tradeoff(report, out / "tradeoff.png")

@@ -1,0 +1,129 @@
+"""`spul report` end to end on the small reference world, with reduced budgets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from spul.cli import main
+from trainer.report import METHOD_ORDER, ReportConfig, load_inputs, retrain_candidate
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SPLITS = ("train_forget", "train_retain", "test_forget", "test_retain", "paraphrase", "injection")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train several times faster on one thread when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, one_thread):
+    from trainer.world import build_world
+
+    out = build_world(tmp_path_factory.mktemp("world"), size="small", seed=0, progress=False)
+    torch.set_num_threads(1)  # build_world sets the world's own thread count
+    return out
+
+
+@pytest.fixture(scope="module")
+def report_dir(world, tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("report")
+    assert main(["report", "--world", str(world), "--task", "sentiment", "--out", str(out), "--quick"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(report_dir):
+    return json.loads((report_dir / "report.json").read_text())
+
+
+def test_report_has_every_method_and_split_with_valid_metrics(report):
+    assert report["task"] == "sentiment"
+    assert list(report["results"]) == list(METHOD_ORDER)
+    for method, per_split in report["results"].items():
+        assert set(SPLITS) <= set(per_split), method
+        for split, m in per_split.items():
+            assert m["n"] > 0, (method, split)
+            assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["f1"] <= 1.0, (method, split, m)
+    n = {s: report["results"]["original"][s]["n"] for s in SPLITS}
+    assert n["injection"] == n["test_forget"] * len(report["injection_templates"])
+
+
+def test_gradient_ascent_lowers_the_forget_answer_probability(report):
+    """GA maximises the CE of the train_forget answers: their probability must fall vs original."""
+    close = report["closeness_to_retrain"]
+    assert close["ga"]["mean_answer_prob"] < close["original"]["mean_answer_prob"]
+    assert close["retrain"]["ks_statistic"] == 0.0 and close["retrain"]["ks_pvalue"] == 1.0
+
+
+def test_membership_inference_and_cost_are_reported_per_method(report):
+    assert set(report["mia_auc"]) == set(METHOD_ORDER)
+    assert all(0.0 <= auc <= 1.0 for auc in report["mia_auc"].values())
+    assert report["mia_nonmembers"]["n"] > 0
+    cost = report["cost"]
+    full = cost["ga"]["trainable_params"]
+    assert all(cost[m]["trainable_params"] == full for m in ("rl", "ga_kl", "ga_gd", "retrain"))
+    assert 0 < cost["spul"]["trainable_params"] and cost["icul"]["trainable_params"] == 0
+    assert cost["spul"]["seconds"] > 0 and cost["spul"]["peak_extra_mb"] >= 0
+
+
+def test_lr_choice_and_sweep_are_recorded(report):
+    grid = ReportConfig.quick().lr_grid
+    for method in ("ga", "rl", "ga_kl", "ga_gd"):
+        info = report["method_info"][method]
+        assert info["lr"] in grid and [t["lr"] for t in info["lr_search"]] == sorted(grid)
+    sweep = report["spul_sweep"]
+    assert len(sweep) == len(ReportConfig.quick().sweep)
+    assert all(0 <= p["test_forget"] <= 1 and 0 <= p["test_retain"] <= 1 for p in sweep)
+    assert set(report["checks"]) >= {"spul_dominated_by", "spul_paraphrase_forget_le_20pct"}
+
+
+def test_tradeoff_plot_is_a_png_and_the_table_lists_every_method(report_dir):
+    import matplotlib.pyplot as plt
+
+    png = report_dir / "tradeoff.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    height, width, _ = plt.imread(png).shape
+    assert height > 100 and width > 100
+    table = (report_dir / "report.md").read_text()
+    for method in METHOD_ORDER:
+        assert f"| {method} |" in table
+
+
+def test_retrained_model_is_cached_and_reused(world, report_dir, one_thread):
+    cache = report_dir / "retrain-model"
+    assert (cache / "retrain.json").is_file() and (cache / "model.safetensors").is_file()
+    inp = load_inputs(world, "sentiment")
+    again = retrain_candidate(inp, ReportConfig.quick(), cache=cache)
+    assert "reused" in again.cost.note
+    marker = json.loads((cache / "retrain.json").read_text())
+    assert marker["key"]["excluded"] == sorted(e for es in marker_entities(world) for e in es)
+    assert not math.isnan(again.cost.seconds)
+
+
+def marker_entities(world):
+    manifest = json.loads((world / "world.json").read_text())
+    return manifest["forget_entities"].values()
+
+
+def test_report_refuses_a_missing_world(tmp_path, capsys):
+    assert main(["report", "--world", str(tmp_path / "nope"), "--task", "qa", "--out", str(tmp_path)]) == 2
+    assert "spul world build" in capsys.readouterr().err
+
+
+def test_baselines_command_saves_reloadable_models(world, tmp_path, one_thread):
+    from transformers import AutoModelForCausalLM
+
+    assert main(["baselines", "--world", str(world), "--task", "qa", "--out", str(tmp_path), "--quick"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report["results"]) == ["original", "ga", "rl", "ga_kl", "ga_gd"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ga_gd")
+    assert sum(p.numel() for p in model.parameters()) == report["cost"]["ga_gd"]["trainable_params"]
