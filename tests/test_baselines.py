@@ -61,11 +61,18 @@ def test_mia_auc_from_model_losses_separates_trained_rows(tiny_model, one_thread
     """A model trained on the member rows: its loss attack must reach AUC 1.0 on them."""
     model, tokenizer = tiny_model
     members, others = FORGET, RETAIN
-    result = unlearn(model, tokenizer, members, [], config=BaselineConfig(method="rl", lr=3e-2, epochs=30,
-                                                                         forget_per_batch=2),
-                     generic_labels=["quellport"])
+    result = unlearn(
+        model,
+        tokenizer,
+        members,
+        [],
+        config=BaselineConfig(method="rl", lr=3e-2, epochs=30, forget_per_batch=2),
+        generic_labels=["quellport"],
+    )
     losses_m = -answer_logprobs(result.model, tokenizer, [Row(r.id, r.prompt, "quellport") for r in members])
-    losses_n = -answer_logprobs(result.model, tokenizer, [Row(r.id, r.prompt, "quellport") for r in others[2:]])
+    losses_n = -answer_logprobs(
+        result.model, tokenizer, [Row(r.id, r.prompt, "quellport") for r in others[2:]]
+    )
     assert mia_auc(losses_m, losses_n) == 1.0
 
 
@@ -78,9 +85,14 @@ def _params(model):
 def test_every_baseline_trains_a_copy_and_leaves_the_original_untouched(tiny_model, method, one_thread):
     model, tokenizer = tiny_model
     before = _params(model)
-    result = unlearn(model, tokenizer, FORGET, RETAIN, config=BaselineConfig(method=method, lr=1e-2, epochs=2,
-                                                                              forget_per_batch=1),
-                     generic_labels=["unknown"])
+    result = unlearn(
+        model,
+        tokenizer,
+        FORGET,
+        RETAIN,
+        config=BaselineConfig(method=method, lr=1e-2, epochs=2, forget_per_batch=1),
+        generic_labels=["unknown"],
+    )
     assert all(torch.equal(a, b) for a, b in zip(before, _params(model)))
     changed = any(not torch.equal(a, b) for a, b in zip(before, _params(result.model)))
     assert changed and result.trainable_params == sum(p.numel() for p in model.parameters())
@@ -92,8 +104,14 @@ def test_every_baseline_trains_a_copy_and_leaves_the_original_untouched(tiny_mod
 def test_gradient_ascent_lowers_the_forget_answers_likelihood(tiny_model, one_thread):
     model, tokenizer = tiny_model
     before = answer_logprobs(model, tokenizer, FORGET)
-    result = unlearn(model, tokenizer, FORGET, RETAIN, config=BaselineConfig(method="ga", lr=1e-2, epochs=3),
-                     generic_labels=["unknown"])
+    result = unlearn(
+        model,
+        tokenizer,
+        FORGET,
+        RETAIN,
+        config=BaselineConfig(method="ga", lr=1e-2, epochs=3),
+        generic_labels=["unknown"],
+    )
     after = answer_logprobs(result.model, tokenizer, FORGET)
     assert (after < before - 0.5).all()
 
@@ -102,17 +120,30 @@ def test_random_label_raises_the_generic_answers_likelihood(tiny_model, one_thre
     model, tokenizer = tiny_model
     generic = [Row(r.id, r.prompt, "unknown") for r in FORGET]
     before = answer_logprobs(model, tokenizer, generic)
-    result = unlearn(model, tokenizer, FORGET, RETAIN, config=BaselineConfig(method="rl", lr=1e-2, epochs=3),
-                     generic_labels=["unknown"])
+    result = unlearn(
+        model,
+        tokenizer,
+        FORGET,
+        RETAIN,
+        config=BaselineConfig(method="rl", lr=1e-2, epochs=3),
+        generic_labels=["unknown"],
+    )
     assert (answer_logprobs(result.model, tokenizer, generic) > before + 0.5).all()
 
 
 def test_ga_gd_keeps_retain_answers_better_than_plain_ga(tiny_model, one_thread):
     model, tokenizer = tiny_model
-    runs = {m: unlearn(model, tokenizer, FORGET, RETAIN, config=BaselineConfig(method=m, lr=1e-2, epochs=4,
-                                                                                forget_per_batch=1,
-                                                                                retain_per_batch=3),
-                       generic_labels=["unknown"]) for m in ("ga", "ga_gd")}
+    runs = {
+        m: unlearn(
+            model,
+            tokenizer,
+            FORGET,
+            RETAIN,
+            config=BaselineConfig(method=m, lr=1e-2, epochs=4, forget_per_batch=1, retain_per_batch=3),
+            generic_labels=["unknown"],
+        )
+        for m in ("ga", "ga_gd")
+    }
     retain = {m: answer_logprobs(r.model, tokenizer, RETAIN).mean() for m, r in runs.items()}
     assert retain["ga_gd"] > retain["ga"]
 
@@ -127,9 +158,17 @@ def test_lr_search_keeps_the_best_train_score_and_breaks_ties_towards_the_smalle
         calls.append(len(rows))
         return next(answers)
 
-    best, trials = search_lr(model, tokenizer, FORGET, RETAIN, config=BaselineConfig(method="ga"),
-                             generic_labels=["unknown"], grid=[1e-2, 1e-4, 1e-3], retain_sample=2,
-                             accuracy_fn=fake_accuracy)
+    best, trials = search_lr(
+        model,
+        tokenizer,
+        FORGET,
+        RETAIN,
+        config=BaselineConfig(method="ga"),
+        generic_labels=["unknown"],
+        grid=[1e-2, 1e-4, 1e-3],
+        retain_sample=2,
+        accuracy_fn=fake_accuracy,
+    )
     assert [t.lr for t in trials] == [1e-4, 1e-3, 1e-2]
     assert best.config.lr == 1e-3
     assert calls == [2, 2] * 3  # all of train_forget, then the fixed retain sample: never test rows
@@ -148,7 +187,9 @@ def test_unlearn_refuses_empty_forget_and_retain_less_ga_gd(tiny_model):
     with pytest.raises(ValueError, match="forget set is empty"):
         unlearn(model, tokenizer, [], RETAIN, config=BaselineConfig(method="ga"), generic_labels=["unknown"])
     with pytest.raises(ValueError, match="needs retain rows"):
-        unlearn(model, tokenizer, FORGET, [], config=BaselineConfig(method="ga_gd"), generic_labels=["unknown"])
+        unlearn(
+            model, tokenizer, FORGET, [], config=BaselineConfig(method="ga_gd"), generic_labels=["unknown"]
+        )
 
 
 # ---------------------------------------------------------------- probes

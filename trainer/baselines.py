@@ -87,8 +87,15 @@ class BaselineResult:
 
 
 # ---------------------------------------------------------------- losses
-def forget_term(model: Any, tokenizer: Any, rows: Sequence[Row], *, method: Method,
-                generic_labels: Sequence[str], rng: random.Random) -> torch.Tensor:
+def forget_term(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Row],
+    *,
+    method: Method,
+    generic_labels: Sequence[str],
+    rng: random.Random,
+) -> torch.Tensor:
     """GA: -CE on the true answers. RL: CE towards a random generic label. Per forget row."""
     answers = [rng.choice(generic_labels) for _ in rows] if method == "rl" else [r.answer for r in rows]
     batch = encode_batch(tokenizer, [r.prompt for r in rows], answers).to(_device(model))
@@ -113,9 +120,17 @@ def retain_kl(model: Any, original: Any, tokenizer: Any, rows: Sequence[Row]) ->
     return (kl_pos * answer).sum() / len(rows)
 
 
-def baseline_loss(model: Any, original: Any | None, tokenizer: Any, forget: Sequence[Row],
-                  retain: Sequence[Row], *, config: BaselineConfig, generic_labels: Sequence[str],
-                  rng: random.Random) -> tuple[torch.Tensor, dict[str, float]]:
+def baseline_loss(
+    model: Any,
+    original: Any | None,
+    tokenizer: Any,
+    forget: Sequence[Row],
+    retain: Sequence[Row],
+    *,
+    config: BaselineConfig,
+    generic_labels: Sequence[str],
+    rng: random.Random,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The method's loss on one forget batch (and one retain batch for ga_kl / ga_gd)."""
     lf = forget_term(model, tokenizer, forget, method=config.method, generic_labels=generic_labels, rng=rng)
     terms = {"L_f": lf.item()}
@@ -132,8 +147,15 @@ def baseline_loss(model: Any, original: Any | None, tokenizer: Any, forget: Sequ
 
 
 # ---------------------------------------------------------------- training
-def unlearn(model: Any, tokenizer: Any, forget: Sequence[Row], retain: Sequence[Row], *,
-            config: BaselineConfig, generic_labels: Sequence[str]) -> BaselineResult:
+def unlearn(
+    model: Any,
+    tokenizer: Any,
+    forget: Sequence[Row],
+    retain: Sequence[Row],
+    *,
+    config: BaselineConfig,
+    generic_labels: Sequence[str],
+) -> BaselineResult:
     """Fine-tune a copy of ``model`` with ``config.method``; ``model`` itself is left untouched."""
     if not forget:
         raise ValueError("the forget set is empty: nothing to unlearn")
@@ -150,8 +172,16 @@ def unlearn(model: Any, tokenizer: Any, forget: Sequence[Row], retain: Sequence[
     for idx in order:
         f_rows = [forget[i] for i in idx]
         r_rows = rng.choices(retain, k=config.retain_per_batch) if config.uses_retain else []
-        loss, terms = baseline_loss(student, original, tokenizer, f_rows, r_rows, config=config,
-                                    generic_labels=generic_labels, rng=rng)
+        loss, terms = baseline_loss(
+            student,
+            original,
+            tokenizer,
+            f_rows,
+            r_rows,
+            config=config,
+            generic_labels=generic_labels,
+            rng=rng,
+        )
         if not torch.isfinite(loss):
             log.warning("%s: loss not finite at step %d; stopping early", config.method, len(history))
             break
@@ -161,7 +191,9 @@ def unlearn(model: Any, tokenizer: Any, forget: Sequence[Row], retain: Sequence[
         optimizer.step()
         history.append(terms)
     student.eval().requires_grad_(False)
-    return BaselineResult(student, config, time.perf_counter() - started, sum(p.numel() for p in params), history)
+    return BaselineResult(
+        student, config, time.perf_counter() - started, sum(p.numel() for p in params), history
+    )
 
 
 def _trainable_copy(model: Any, seed: int) -> Any:
@@ -179,7 +211,7 @@ def _forget_order(n: int, config: BaselineConfig, rng: random.Random) -> list[li
         rng.shuffle(perm)
         flat += perm
     k = config.forget_per_batch
-    return [flat[i * k: (i + 1) * k] for i in range(config.steps(n))]
+    return [flat[i * k : (i + 1) * k] for i in range(config.steps(n))]
 
 
 def _device(model: Any) -> torch.device:
@@ -195,9 +227,18 @@ class LrTrial:
     score: float  # train_retain - train_forget
 
 
-def search_lr(model: Any, tokenizer: Any, forget: Sequence[Row], retain: Sequence[Row], *,
-              config: BaselineConfig, generic_labels: Sequence[str], grid: Sequence[float],
-              retain_sample: int = 200, accuracy_fn: Any) -> tuple[BaselineResult, list[LrTrial]]:
+def search_lr(
+    model: Any,
+    tokenizer: Any,
+    forget: Sequence[Row],
+    retain: Sequence[Row],
+    *,
+    config: BaselineConfig,
+    generic_labels: Sequence[str],
+    grid: Sequence[float],
+    retain_sample: int = 200,
+    accuracy_fn: Any,
+) -> tuple[BaselineResult, list[LrTrial]]:
     """Run ``config`` at every lr of ``grid``; keep the best by train retain - train forget accuracy.
 
     ``accuracy_fn(model, rows) -> float`` scores greedy exact match. Only train splits are used.
@@ -209,7 +250,9 @@ def search_lr(model: Any, tokenizer: Any, forget: Sequence[Row], retain: Sequenc
     best: tuple[float, float, BaselineResult] | None = None
     trials: list[LrTrial] = []
     for lr in sorted(grid):
-        result = unlearn(model, tokenizer, forget, retain, config=_with_lr(config, lr), generic_labels=generic_labels)
+        result = unlearn(
+            model, tokenizer, forget, retain, config=_with_lr(config, lr), generic_labels=generic_labels
+        )
         f_acc, r_acc = accuracy_fn(result.model, forget), accuracy_fn(result.model, sample)
         trials.append(LrTrial(lr, f_acc, r_acc, r_acc - f_acc))
         log.info("%s lr=%g: train_forget %.3f train_retain %.3f", config.method, lr, f_acc, r_acc)

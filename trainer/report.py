@@ -82,9 +82,14 @@ class ReportConfig:
     @classmethod
     def quick(cls) -> ReportConfig:
         """A reduced run for tests and smoke checks: few steps, short grids, 1-epoch retrain."""
-        return cls(spul=SpulConfig(steps=30, forget_per_batch=8, retain_per_batch=16),
-                   sweep=((0.1, 0.0),), sweep_steps=10, lr_grid=(1e-3, 1e-2), lr_retain_sample=32,
-                   retrain_epochs=1)
+        return cls(
+            spul=SpulConfig(steps=30, forget_per_batch=8, retain_per_batch=16),
+            sweep=((0.1, 0.0),),
+            sweep_steps=10,
+            lr_grid=(1e-3, 1e-2),
+            lr_retain_sample=32,
+            retrain_epochs=1,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -161,15 +166,25 @@ class Inputs:
 
 def spul_params(config: SpulConfig, hidden: int) -> int:
     """Trainable parameters of SPUL's prompt encoder (the base model is frozen)."""
-    return sum(p.numel() for p in PromptEncoder(config.num_virtual_tokens, hidden, config.encoder_hidden_size).parameters())
+    return sum(
+        p.numel()
+        for p in PromptEncoder(config.num_virtual_tokens, hidden, config.encoder_hidden_size).parameters()
+    )
 
 
 def train_spul(inp: Inputs, config: SpulConfig, *, name: str = "spul", progress: bool = False) -> Candidate:
     hidden = int(inp.model.get_input_embeddings().weight.shape[1])
     cost = Cost(trainable_params=spul_params(config, hidden))
     with measure(cost):
-        result = train_prompt(inp.model, inp.tokenizer, inp.splits["train_forget"], inp.splits["train_retain"],
-                              config=config, generic_labels=inp.generic, progress=progress)
+        result = train_prompt(
+            inp.model,
+            inp.tokenizer,
+            inp.splits["train_forget"],
+            inp.splits["train_retain"],
+            config=config,
+            generic_labels=inp.generic,
+            progress=progress,
+        )
     info = {"alpha": config.alpha, "beta": config.beta, "steps": config.steps, "lr": config.lr}
     return Candidate(name, inp.model, prompt=result.prompt, cost=cost, info=info)
 
@@ -179,38 +194,66 @@ def spul_from_artifact(inp: Inputs, path: Path) -> Candidate:
     from prompts_store import load_artifact, model_fingerprint
 
     hidden = int(inp.model.get_input_embeddings().weight.shape[1])
-    artifact = load_artifact(path, expected_fingerprint=model_fingerprint(inp.model, inp.tokenizer),
-                             expected_hidden_size=hidden)
+    artifact = load_artifact(
+        path, expected_fingerprint=model_fingerprint(inp.model, inp.tokenizer), expected_hidden_size=hidden
+    )
     trained = artifact.meta.training_config
-    config = SpulConfig(**{k: v for k, v in trained.items() if k in SpulConfig.__dataclass_fields__
-                           and k != "generic_labels"})
-    cost = Cost(trainable_params=spul_params(config, hidden), note=f"loaded from {path}; training time not measured")
-    return Candidate("spul", inp.model, prompt=artifact.embeddings.float(), cost=cost,
-                     info={"alpha": config.alpha, "beta": config.beta, "steps": config.steps, "artifact": str(path)})
+    config = SpulConfig(
+        **{k: v for k, v in trained.items() if k in SpulConfig.__dataclass_fields__ and k != "generic_labels"}
+    )
+    cost = Cost(
+        trainable_params=spul_params(config, hidden), note=f"loaded from {path}; training time not measured"
+    )
+    return Candidate(
+        "spul",
+        inp.model,
+        prompt=artifact.embeddings.float(),
+        cost=cost,
+        info={"alpha": config.alpha, "beta": config.beta, "steps": config.steps, "artifact": str(path)},
+    )
 
 
 def train_baselines(inp: Inputs, config: ReportConfig) -> list[Candidate]:
     """Each fine-tuning baseline at the lr chosen on train splits (see trainer.baselines)."""
     out = []
     for method in BASELINES:
-        base_cfg = BaselineConfig(method=method, epochs=config.baseline_epochs, seed=config.seed,
-                                  forget_per_batch=config.baseline_forget_batch,
-                                  retain_per_batch=config.baseline_retain_batch)
+        base_cfg = BaselineConfig(
+            method=method,
+            epochs=config.baseline_epochs,
+            seed=config.seed,
+            forget_per_batch=config.baseline_forget_batch,
+            retain_per_batch=config.baseline_retain_batch,
+        )
         cost = Cost()
         with measure(cost):
-            result, trials = search_lr(inp.model, inp.tokenizer, inp.splits["train_forget"],
-                                       inp.splits["train_retain"], config=base_cfg, generic_labels=inp.generic,
-                                       grid=config.lr_grid, retain_sample=config.lr_retain_sample,
-                                       accuracy_fn=lambda m, rows: _accuracy(m, inp.tokenizer, rows, config))
+            result, trials = search_lr(
+                inp.model,
+                inp.tokenizer,
+                inp.splits["train_forget"],
+                inp.splits["train_retain"],
+                config=base_cfg,
+                generic_labels=inp.generic,
+                grid=config.lr_grid,
+                retain_sample=config.lr_retain_sample,
+                accuracy_fn=lambda m, rows: _accuracy(m, inp.tokenizer, rows, config),
+            )
         cost.trainable_params = result.trainable_params
-        cost.note = f"includes the lr search over {len(trials)} runs; the chosen run alone took {result.seconds:.1f} s"
-        info = {"lr": result.config.lr, "steps": len(result.history), "lr_search": [asdict(t) for t in trials]}
+        cost.note = (
+            f"includes the lr search over {len(trials)} runs; the chosen run alone took {result.seconds:.1f} s"
+        )
+        info = {
+            "lr": result.config.lr,
+            "steps": len(result.history),
+            "lr_search": [asdict(t) for t in trials],
+        }
         out.append(Candidate(method, result.model, cost=cost, info=info))
     return out
 
 
 def _accuracy(model: Any, tokenizer: Any, rows: Sequence[Row], config: ReportConfig) -> float:
-    return float(score(rows, generate(model, tokenizer, rows, None, batch_size=config.batch_size))["accuracy"])
+    return float(
+        score(rows, generate(model, tokenizer, rows, None, batch_size=config.batch_size))["accuracy"]
+    )
 
 
 # ---------------------------------------------------------------- retrain (gold standard)
@@ -230,10 +273,16 @@ def retrain_candidate(inp: Inputs, config: ReportConfig, *, cache: Path, progres
 
     world = load_world(inp.world.root)
     spec = spec_for(world.size)
-    train_cfg = spec.train if config.retrain_epochs is None else replace(spec.train, epochs=config.retrain_epochs)
-    key = {"world_seed": world.seed, "world_size": world.size, "model_config": asdict(spec.model),
-           "train_config": asdict(train_cfg),
-           "excluded": sorted({e for t in world.tasks for e in world.forget_entities[t]})}
+    train_cfg = (
+        spec.train if config.retrain_epochs is None else replace(spec.train, epochs=config.retrain_epochs)
+    )
+    key = {
+        "world_seed": world.seed,
+        "world_size": world.size,
+        "model_config": asdict(spec.model),
+        "train_config": asdict(train_cfg),
+        "excluded": sorted({e for t in world.tasks for e in world.forget_entities[t]}),
+    }
     marker = cache / RETRAIN_MARKER
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key:
         recorded = json.loads(marker.read_text(encoding="utf-8"))["cost"]
@@ -248,13 +297,22 @@ def retrain_candidate(inp: Inputs, config: ReportConfig, *, cache: Path, progres
     return Candidate("retrain", model, cost=cost, info={"cache": str(cache), "epochs": train_cfg.epochs})
 
 
-def _retrain(world: Any, tokenizer: Any, spec: Any, train_cfg: Any, excluded: list[str], *, progress: bool) -> Any:
+def _retrain(
+    world: Any, tokenizer: Any, spec: Any, train_cfg: Any, excluded: list[str], *, progress: bool
+) -> Any:
     from trainer.basemodel import train_base_model
 
     # The caller's thread count, not the world's: on busy shared cores fewer threads win.
     train_cfg = replace(train_cfg, threads=torch.get_num_threads())
-    model = train_base_model(world.corpus(), tokenizer, model_config=spec.model, train_config=train_cfg,
-                             exclude_entities=excluded, seed=world.seed, progress=progress)
+    model = train_base_model(
+        world.corpus(),
+        tokenizer,
+        model_config=spec.model,
+        train_config=train_cfg,
+        exclude_entities=excluded,
+        seed=world.seed,
+        progress=progress,
+    )
     return model.eval().requires_grad_(False)
 
 
@@ -274,8 +332,13 @@ def icul_candidate(inp: Inputs, config: ReportConfig) -> Candidate | str:
     every_row = [r for rows in inp.splits.values() for r in rows]
     reason = "model config has no max_position_embeddings"
     for n_retain in range(config.icul_retain_demos, -1, -1):
-        context = icul_context(inp.splits["train_forget"], inp.splits["train_retain"], generic=inp.generic[0],
-                               n_retain=n_retain, seed=config.seed)
+        context = icul_context(
+            inp.splits["train_forget"],
+            inp.splits["train_retain"],
+            generic=inp.generic[0],
+            n_retain=n_retain,
+            seed=config.seed,
+        )
         transform = partial(icul_rows, context=context, tokenizer=inp.tokenizer, max_positions=max_positions)
         try:
             transform(every_row)
@@ -289,19 +352,26 @@ def icul_candidate(inp: Inputs, config: ReportConfig) -> Candidate | str:
 
 
 # ---------------------------------------------------------------- scoring
-def score_splits(c: Candidate, tokenizer: Any, splits: Mapping[str, Sequence[Row]], *,
-                 batch_size: int) -> dict[str, dict[str, float | int]]:
+def score_splits(
+    c: Candidate, tokenizer: Any, splits: Mapping[str, Sequence[Row]], *, batch_size: int
+) -> dict[str, dict[str, float | int]]:
     """{split: {accuracy, f1, n}} with greedy decoding, as `spul eval` scores."""
-    return {name: score(rows, generate(c.model, tokenizer, c.rows(rows), c.prompt, batch_size=batch_size))
-            for name, rows in splits.items()}
+    return {
+        name: score(rows, generate(c.model, tokenizer, c.rows(rows), c.prompt, batch_size=batch_size))
+        for name, rows in splits.items()
+    }
 
 
-def forget_logprobs(c: Candidate, inp: Inputs, nonmembers: Sequence[Row], *,
-                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def forget_logprobs(
+    c: Candidate, inp: Inputs, nonmembers: Sequence[Row], *, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """log p(answer) on train_forget (members) and on the never-trained rows, under the method."""
-    members = answer_logprobs(c.model, inp.tokenizer, c.rows(inp.splits["train_forget"]), prompt=c.prompt,
-                              batch_size=batch_size)
-    others = answer_logprobs(c.model, inp.tokenizer, c.rows(nonmembers), prompt=c.prompt, batch_size=batch_size)
+    members = answer_logprobs(
+        c.model, inp.tokenizer, c.rows(inp.splits["train_forget"]), prompt=c.prompt, batch_size=batch_size
+    )
+    others = answer_logprobs(
+        c.model, inp.tokenizer, c.rows(nonmembers), prompt=c.prompt, batch_size=batch_size
+    )
     return members, others
 
 
@@ -313,8 +383,11 @@ def closeness_to(reference: np.ndarray, logprobs: Mapping[str, np.ndarray]) -> d
     for name, lp in logprobs.items():
         probs = np.exp(lp)
         test = ks_2samp(probs, np.exp(reference))
-        out[name] = {"ks_statistic": float(test.statistic), "ks_pvalue": float(test.pvalue),
-                     "mean_answer_prob": float(probs.mean())}
+        out[name] = {
+            "ks_statistic": float(test.statistic),
+            "ks_pvalue": float(test.pvalue),
+            "mean_answer_prob": float(probs.mean()),
+        }
     return out
 
 
@@ -323,12 +396,21 @@ def trade_off_checks(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
     if "spul" not in results:
         return {}
     spul_f, spul_r = results["spul"][FORGET_SPLIT]["accuracy"], results["spul"][RETAIN_SPLIT]["accuracy"]
-    dominated_by = [m for m in BASELINES if m in results
-                    and results[m][FORGET_SPLIT]["accuracy"] < spul_f and results[m][RETAIN_SPLIT]["accuracy"] > spul_r]
+    dominated_by = [
+        m
+        for m in BASELINES
+        if m in results
+        and results[m][FORGET_SPLIT]["accuracy"] < spul_f
+        and results[m][RETAIN_SPLIT]["accuracy"] > spul_r
+    ]
     para = results["spul"].get("paraphrase", {}).get("accuracy")
-    return {"axes": [FORGET_SPLIT, RETAIN_SPLIT], "spul_dominated_by": dominated_by,
-            "spul_not_dominated": not dominated_by, "spul_paraphrase_forget_accuracy": para,
-            "spul_paraphrase_forget_le_20pct": para is not None and para <= 0.2}
+    return {
+        "axes": [FORGET_SPLIT, RETAIN_SPLIT],
+        "spul_dominated_by": dominated_by,
+        "spul_not_dominated": not dominated_by,
+        "spul_paraphrase_forget_accuracy": para,
+        "spul_paraphrase_forget_le_20pct": para is not None and para <= 0.2,
+    }
 
 
 # ---------------------------------------------------------------- inputs
@@ -342,13 +424,18 @@ def load_inputs(world_dir: Path, task: str, *, device: str = "auto", seed: int =
     missing = [s for s in ("train_forget", "train_retain", FORGET_SPLIT, RETAIN_SPLIT) if s not in splits]
     if missing:
         raise ValueError(f"{world_dir}: task {task} lacks split(s) {missing}; rebuild the world")
-    forget_entities = (world.manifest.get("forget_entities") or {}).get(task) \
-        or sorted({r.entity for r in splits["train_forget"] if r.entity})
+    forget_entities = (world.manifest.get("forget_entities") or {}).get(task) or sorted(
+        {r.entity for r in splits["train_forget"] if r.entity}
+    )
     retained = sorted({r.entity for r in splits["train_retain"] if r.entity} - set(forget_entities))
     decoys = np.random.default_rng(seed).permutation(retained)[:4].tolist() if retained else []
-    splits["injection"], templates = injection_rows(splits[FORGET_SPLIT], tokenizer=base.tokenizer, decoys=decoys)
+    splits["injection"], templates = injection_rows(
+        splits[FORGET_SPLIT], tokenizer=base.tokenizer, decoys=decoys
+    )
     log.info("injection probes: %s", templates)
-    return Inputs(world, task, base.model, base.tokenizer, splits, world.generic_labels(task), list(forget_entities))
+    return Inputs(
+        world, task, base.model, base.tokenizer, splits, world.generic_labels(task), list(forget_entities)
+    )
 
 
 def run_sweep(inp: Inputs, config: ReportConfig, *, progress: bool) -> list[dict[str, Any]]:
@@ -359,15 +446,28 @@ def run_sweep(inp: Inputs, config: ReportConfig, *, progress: bool) -> list[dict
         cfg = replace(config.spul, alpha=alpha, beta=beta, steps=config.sweep_steps)
         cand = train_spul(inp, cfg, name=f"spul a={alpha:g} b={beta:g}", progress=progress)
         scores = score_splits(cand, inp.tokenizer, axes, batch_size=config.batch_size)
-        points.append({**cand.info, **{s: m["accuracy"] for s, m in scores.items()},
-                       "seconds": round(cand.cost.seconds, 1)})
+        points.append(
+            {
+                **cand.info,
+                **{s: m["accuracy"] for s, m in scores.items()},
+                "seconds": round(cand.cost.seconds, 1),
+            }
+        )
     return points
 
 
 # ---------------------------------------------------------------- the report
-def run_report(world_dir: str | Path, task: str, out: str | Path, *, config: ReportConfig = ReportConfig(),
-               prompt_path: Path | None = None, retrain_dir: Path | None = None, device: str = "auto",
-               progress: bool = False) -> dict[str, Any]:
+def run_report(
+    world_dir: str | Path,
+    task: str,
+    out: str | Path,
+    *,
+    config: ReportConfig = ReportConfig(),
+    prompt_path: Path | None = None,
+    retrain_dir: Path | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict[str, Any]:
     """Run every method, score every split, and write report.json, report.md and tradeoff.png to ``out``."""
     started = time.perf_counter()
     out = Path(out)
@@ -375,17 +475,27 @@ def run_report(world_dir: str | Path, task: str, out: str | Path, *, config: Rep
     inp = load_inputs(Path(world_dir), task, device=device, seed=config.seed)
     log.info("training spul, baselines, retrain")
     candidates = [Candidate("original", inp.model)]
-    candidates.append(spul_from_artifact(inp, prompt_path) if prompt_path
-                      else train_spul(inp, config.spul, progress=progress))
+    candidates.append(
+        spul_from_artifact(inp, prompt_path)
+        if prompt_path
+        else train_spul(inp, config.spul, progress=progress)
+    )
     candidates += train_baselines(inp, config)
-    candidates.append(retrain_candidate(inp, config, cache=retrain_dir or out / "retrain-model", progress=progress))
+    candidates.append(
+        retrain_candidate(inp, config, cache=retrain_dir or out / "retrain-model", progress=progress)
+    )
     icul = icul_candidate(inp, config)
     candidates += [icul] if isinstance(icul, Candidate) else []
     sweep = run_sweep(inp, config, progress=progress)
     report = score_all(candidates, inp, config)
-    report.update(task=task, world=str(world_dir), spul_sweep=sweep, config=config.to_dict(),
-                  icul=icul.info if isinstance(icul, Candidate) else {"skipped": icul},
-                  seconds=round(time.perf_counter() - started, 1))
+    report.update(
+        task=task,
+        world=str(world_dir),
+        spul_sweep=sweep,
+        config=config.to_dict(),
+        icul=icul.info if isinstance(icul, Candidate) else {"skipped": icul},
+        seconds=round(time.perf_counter() - started, 1),
+    )
     write_outputs(out, report)
     return report
 
@@ -395,8 +505,12 @@ def score_all(candidates: Sequence[Candidate], inp: Inputs, config: ReportConfig
     from trainer.world import load_world
 
     corpus_prompts = {r.prompt for r in load_world(inp.world.root).corpus().rows}
-    nonmembers, how = nonmember_rows(inp.splits[FORGET_SPLIT], trained_prompts=corpus_prompts,
-                                     forget=inp.splits["train_forget"], seed=config.seed)
+    nonmembers, how = nonmember_rows(
+        inp.splits[FORGET_SPLIT],
+        trained_prompts=corpus_prompts,
+        forget=inp.splits["train_forget"],
+        seed=config.seed,
+    )
     results, mia, logprobs = {}, {}, {}
     for c in candidates:
         log.info("scoring %s", c.name)
@@ -419,8 +533,7 @@ def score_all(candidates: Sequence[Candidate], inp: Inputs, config: ReportConfig
 
 # ---------------------------------------------------------------- outputs
 def write_outputs(out: Path, report: Mapping[str, Any]) -> None:
-    (out / "report.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n",
-                                     encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(markdown_table(report), encoding="utf-8")
     plot_tradeoff(report, out / "tradeoff.png")
 
@@ -447,16 +560,24 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     results = report["results"]
     splits = list(dict.fromkeys(s for per in results.values() for s in per))
     head = ["method", *splits, "MIA AUC", "KS vs retrain (p)", "trainable params", "time s", "peak MB"]
-    lines = [f"Task `{report.get('task')}` - accuracy % (exact match, greedy); forget splits: lower is better.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"Task `{report.get('task')}` - accuracy % (exact match, greedy); forget splits: lower is better.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for m, per in results.items():
         ks = report.get("closeness_to_retrain", {}).get(m)
         cost = report.get("cost", {}).get(m, {})
-        cells = [m, *[_pct(per.get(s, {}).get("accuracy")) for s in splits],
-                 f"{report['mia_auc'].get(m, float('nan')):.2f}",
-                 f"{ks['ks_statistic']:.2f} ({ks['ks_pvalue']:.2g})" if ks else "-",
-                 f"{cost.get('trainable_params', 0):,}", f"{cost.get('seconds', 0):.0f}",
-                 "-" if cost.get("peak_extra_mb") is None else f"{cost['peak_extra_mb']:.0f}"]
+        cells = [
+            m,
+            *[_pct(per.get(s, {}).get("accuracy")) for s in splits],
+            f"{report['mia_auc'].get(m, float('nan')):.2f}",
+            f"{ks['ks_statistic']:.2f} ({ks['ks_pvalue']:.2g})" if ks else "-",
+            f"{cost.get('trainable_params', 0):,}",
+            f"{cost.get('seconds', 0):.0f}",
+            "-" if cost.get("peak_extra_mb") is None else f"{cost['peak_extra_mb']:.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "n per split: " + ", ".join(f"{s} {next(iter(results.values()))[s]['n']}" for s in splits)]
     return "\n".join(lines) + "\n"
@@ -476,19 +597,36 @@ def plot_tradeoff(report: Mapping[str, Any], path: Path) -> None:
         ax.annotate(m, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
     for p in report.get("spul_sweep", []):
         ax.scatter(p[RETAIN_SPLIT], p[FORGET_SPLIT], s=25, marker="x", color="tab:gray", zorder=2)
-        ax.annotate(f"a={p['alpha']:g} b={p['beta']:g}", (p[RETAIN_SPLIT], p[FORGET_SPLIT]),
-                    textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:gray")
-    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel=f"retain accuracy ({RETAIN_SPLIT}, higher is better)",
-           ylabel=f"forget accuracy ({FORGET_SPLIT}, lower is better)",
-           title=f"Unlearning trade-off: task {report.get('task')}")
+        ax.annotate(
+            f"a={p['alpha']:g} b={p['beta']:g}",
+            (p[RETAIN_SPLIT], p[FORGET_SPLIT]),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=7,
+            color="tab:gray",
+        )
+    ax.set(
+        xlim=(-0.05, 1.05),
+        ylim=(-0.05, 1.05),
+        xlabel=f"retain accuracy ({RETAIN_SPLIT}, higher is better)",
+        ylabel=f"forget accuracy ({FORGET_SPLIT}, lower is better)",
+        title=f"Unlearning trade-off: task {report.get('task')}",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def run_baselines(world_dir: str | Path, task: str, out: str | Path, *, config: ReportConfig = ReportConfig(),
-                  device: str = "auto", save_models: bool = True) -> dict[str, Any]:
+def run_baselines(
+    world_dir: str | Path,
+    task: str,
+    out: str | Path,
+    *,
+    config: ReportConfig = ReportConfig(),
+    device: str = "auto",
+    save_models: bool = True,
+) -> dict[str, Any]:
     """Only the fine-tuning baselines (and ``original`` for reference); models saved to ``out/<method>``."""
     started = time.perf_counter()
     out = Path(out)
@@ -500,7 +638,11 @@ def run_baselines(world_dir: str | Path, task: str, out: str | Path, *, config: 
             c.model.save_pretrained(out / c.name)  # safetensors
             inp.tokenizer.save_pretrained(out / c.name)
     report = score_all(candidates, inp, config)
-    report.update(task=task, world=str(world_dir), config=config.to_dict(),
-                  seconds=round(time.perf_counter() - started, 1))
+    report.update(
+        task=task,
+        world=str(world_dir),
+        config=config.to_dict(),
+        seconds=round(time.perf_counter() - started, 1),
+    )
     write_outputs(out, report)
     return report

@@ -9,9 +9,11 @@ from spul.commands.report import add_common_args, check_world, load_config
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "baselines", help="run the fine-tuning unlearning baselines (lr searched on train splits)",
+        "baselines",
+        help="run the fine-tuning unlearning baselines (lr searched on train splits)",
         description="Unlearn the task's forget set with ga, rl, ga_kl and ga_gd on copies of the base model; "
-                    "save each model to OUT/<method>/ and scores to OUT/report.json, OUT/report.md.")
+        "save each model to OUT/<method>/ and scores to OUT/report.json, OUT/report.md.",
+    )
     add_common_args(parser)
     parser.add_argument("--no-save", action="store_true", help="do not save the unlearned models")
     parser.set_defaults(func=run)
@@ -25,8 +27,14 @@ def run(args: argparse.Namespace) -> int:
 
     check_world(args.world)
     try:
-        report = run_baselines(args.world, args.task, args.out, config=load_config(args), device=args.device,
-                               save_models=not args.no_save)
+        report = run_baselines(
+            args.world,
+            args.task,
+            args.out,
+            config=load_config(args),
+            device=args.device,
+            save_models=not args.no_save,
+        )
     except (DataError, ModelLoadError) as err:
         raise UserError(str(err)) from err
     print((args.out / "report.md").read_text(encoding="utf-8"))
