@@ -127,7 +127,12 @@ class PromptRegistry:
         if version is None:
             raise UnknownProfile(f"profile {profile!r} has no active version")
         current = self._handles.get(profile)
-        if current is not None and current.version == version:
+        # the store reuses a deleted version's number: compare content, not just the number
+        if (
+            current is not None
+            and current.version == version
+            and current.sha256 == self.store.version_info(profile, version).sha256
+        ):
             return current
         start = time.perf_counter()
         version, artifact = self.store.get(
