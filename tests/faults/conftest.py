@@ -47,8 +47,13 @@ def servers(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Serv
     started: list[ServerProcess] = []
 
     def start(store: Path, **settings: object) -> ServerProcess:
-        values: dict[str, object] = {"store_poll_s": 0, "max_new_tokens": 8, "max_prompt_tokens": 64,
-                                     "shutdown_grace_s": 1, "device": "cpu"}
+        values: dict[str, object] = {
+            "store_poll_s": 0,
+            "max_new_tokens": 8,
+            "max_prompt_tokens": 64,
+            "shutdown_grace_s": 1,
+            "device": "cpu",
+        }
         values.update(settings)
         server = ServerProcess(tiny_model_dir, store, tmp_path / f"server-{len(started)}.log", **values)
         started.append(server)

@@ -23,8 +23,18 @@ import httpx
 
 HOST = "127.0.0.1"
 ADMIN_TOKEN = "faults-admin-token-0123456789"
-_PRELOAD = ["torch", "transformers", "transformers.models.llama.modeling_llama", "fastapi", "uvicorn",
-            "safetensors.torch", "prompts_store", "service.app", "spul.cli", "spul.commands.serve"]
+_PRELOAD = [
+    "torch",
+    "transformers",
+    "transformers.models.llama.modeling_llama",
+    "fastapi",
+    "uvicorn",
+    "safetensors.torch",
+    "prompts_store",
+    "service.app",
+    "spul.cli",
+    "spul.commands.serve",
+]
 
 CTX = multiprocessing.get_context("forkserver")
 CTX.set_forkserver_preload(_PRELOAD)
@@ -72,7 +82,17 @@ class ServerProcess:
         self.log_path = log_path
         env = {f"SPUL_{k.upper()}": str(v) for k, v in settings.items()}
         env.setdefault("SPUL_ADMIN_TOKEN", ADMIN_TOKEN)
-        argv = ["serve", "--host", HOST, "--port", str(self.port), "--model", str(model), "--store", str(store)]
+        argv = [
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--model",
+            str(model),
+            "--store",
+            str(store),
+        ]
         self.proc = start_child(_serve, argv, env, str(log_path))
 
     @property

@@ -46,15 +46,23 @@ def test_replicas_see_uploads_activations_and_deletes_from_each_other(store_dir,
     a.wait_ready(), b.wait_ready()
     assert generate(a.url, "alpha").json() == generate(b.url, "alpha").json()
 
-    put = httpx.put(a.url + "/admin/profiles/alpha", content=make_artifact("alpha", num_virtual_tokens=6, seed=7),
-                    headers=admin_headers(), timeout=30)
+    put = httpx.put(
+        a.url + "/admin/profiles/alpha",
+        content=make_artifact("alpha", num_virtual_tokens=6, seed=7),
+        headers=admin_headers(),
+        timeout=30,
+    )
     assert put.status_code == 201, put.text
     assert put.json()["version"] == 2 and generate(a.url, "alpha").json()["version"] == 2  # writer: at once
     wait_for(lambda: serving_version(b.url, "alpha") == 2)  # the other replica: after its next poll
     assert generate(b.url, "alpha").json() == generate(a.url, "alpha").json()
 
-    gamma = httpx.put(b.url + "/admin/profiles/gamma", content=make_artifact("gamma", seed=8),
-                      headers=admin_headers(), timeout=30)
+    gamma = httpx.put(
+        b.url + "/admin/profiles/gamma",
+        content=make_artifact("gamma", seed=8),
+        headers=admin_headers(),
+        timeout=30,
+    )
     assert gamma.status_code == 201, gamma.text
     wait_for(lambda: "gamma" in {m["id"] for m in httpx.get(a.url + "/v1/models").json()["data"]})
     assert generate(a.url, "gamma").json()["sha256"] == gamma.json()["sha256"]
@@ -78,7 +86,9 @@ def test_concurrent_uploads_to_two_replicas_get_distinct_versions_and_none_is_lo
 
     def upload(i: int) -> dict:
         url = (a if i % 2 else b).url
-        response = httpx.put(url + "/admin/profiles/alpha", content=bodies[i], headers=admin_headers(), timeout=60)
+        response = httpx.put(
+            url + "/admin/profiles/alpha", content=bodies[i], headers=admin_headers(), timeout=60
+        )
         assert response.status_code == 201, response.text
         return response.json()
 
@@ -90,7 +100,9 @@ def test_concurrent_uploads_to_two_replicas_get_distinct_versions_and_none_is_lo
     assert {r["version"]: r["sha256"] for r in acked}.items() <= stored.items()
 
 
-def test_poller_reloads_a_version_number_reused_after_delete(store_dir, make_artifact, tiny_model, fingerprint):
+def test_poller_reloads_a_version_number_reused_after_delete(
+    store_dir, make_artifact, tiny_model, fingerprint
+):
     """A replica that misses the intermediate states (poll interval) must still serve the new bytes.
 
     Sequence written by *another* process between two polls: activate v1, delete v2, upload ->
@@ -112,4 +124,3 @@ def test_poller_reloads_a_version_number_reused_after_delete(store_dir, make_art
 
     assert replica.refresh_if_changed()
     assert replica.resolve("alpha").sha256 == new.sha256, "replica still serves the deleted v2's prompt"
-
