@@ -21,6 +21,8 @@ import httpx
 
 log = logging.getLogger(__name__)
 
+FAILED_FINISH = {"timeout", "cancelled", "error"}
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -49,6 +51,7 @@ class RequestRecord:
     ttft_s: float | None
     tokens: int
     error: str | None = None
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class LoadResult:
     clients: int
     wall_s: float
     records: list[RequestRecord]
+    unfinished: int = 0  # requests cut off at the drain deadline (not in `records`)
 
     @property
     def ok(self) -> list[RequestRecord]:
@@ -74,6 +78,7 @@ class LoadResult:
             "clients": self.clients,
             "requests": len(ok),
             "errors": self.errors,
+            "unfinished": self.unfinished,
             "generated_tokens": tokens,
             "wall_s": round(self.wall_s, 3),
             "tokens_per_s": round(tokens / self.wall_s, 2) if self.wall_s > 0 else 0.0,
@@ -96,27 +101,61 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 async def run_load(
-    base_url: str, workload: Workload, *, clients: int, requests: int, max_seconds: float, timeout_s: float = 300.0
+    base_url: str,
+    workload: Workload,
+    *,
+    clients: int,
+    requests: int,
+    max_seconds: float,
+    drain_seconds: float | None = None,
+    timeout_s: float = 300.0,
+    transport: httpx.AsyncBaseTransport | None = None,  # tests pass a mock
 ) -> LoadResult:
-    """Drive `clients` concurrent streams until `requests` are done or `max_seconds` have passed."""
+    """Drive `clients` concurrent streams until `requests` are done or `max_seconds` have passed.
+
+    After `max_seconds` no request starts; requests still running `drain_seconds` later (default:
+    max_seconds again) are cancelled and counted as `unfinished`, so a run always ends.
+    """
     bodies = itertools.islice(workload.bodies(), requests)
     deadline = time.perf_counter() + max_seconds
+    drain = max_seconds if drain_seconds is None else drain_seconds
     records: list[RequestRecord] = []
+    in_flight = [0]
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=timeout_s, limits=limits, transport=transport
+    ) as client:
         start = time.perf_counter()
-        await asyncio.gather(*(_client_loop(client, bodies, deadline, records) for _ in range(clients)))
+        tasks = [
+            asyncio.ensure_future(_client_loop(client, bodies, deadline, records, in_flight))
+            for _ in range(clients)
+        ]
+        _, pending = await asyncio.wait(tasks, timeout=max_seconds + drain)
+        unfinished = in_flight[0]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         wall = time.perf_counter() - start
-    return LoadResult(clients, wall, records)
+    if unfinished:
+        log.warning("%d requests still running %.0fs after the last start were cut off", unfinished, drain)
+    return LoadResult(clients, wall, records, unfinished)
 
 
-async def _client_loop(client: httpx.AsyncClient, bodies: Iterator[dict], deadline: float,
-                       records: list[RequestRecord]) -> None:
+async def _client_loop(
+    client: httpx.AsyncClient,
+    bodies: Iterator[dict],
+    deadline: float,
+    records: list[RequestRecord],
+    in_flight: list[int],
+) -> None:
     # the shared iterator is only advanced from the event loop thread, so no lock is needed
     for body in bodies:
         if time.perf_counter() >= deadline:
             return
-        records.append(await one_request(client, body))
+        in_flight[0] += 1
+        record = await one_request(client, body)
+        in_flight[0] -= 1
+        records.append(record)
 
 
 async def one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
@@ -125,11 +164,15 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
     ttft: float | None = None
     token_events = 0
     reported: int | None = None
+    finish: str | None = None
+    error: str | None = None
     try:
         async with client.stream("POST", "/v1/generate", json=body) as response:
             if response.status_code != 200:
                 detail = (await response.aread()).decode(errors="replace")[:200]
-                return RequestRecord(time.perf_counter() - start, None, 0, f"HTTP {response.status_code}: {detail}")
+                return RequestRecord(
+                    time.perf_counter() - start, None, 0, f"HTTP {response.status_code}: {detail}"
+                )
             async for line in response.aiter_lines():
                 event = parse_event(line)
                 if event is None:
@@ -138,16 +181,21 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
                     ttft = time.perf_counter() - start
                 token_events += _carries_token(event)
                 reported = completion_tokens(event) or reported
+                finish = event.get("finish_reason") or finish
+                error = event.get("error") or error
     except httpx.HTTPError as err:
         return RequestRecord(time.perf_counter() - start, ttft, 0, f"{type(err).__name__}: {err}")
-    return RequestRecord(time.perf_counter() - start, ttft, reported if reported is not None else token_events)
+    if finish in FAILED_FINISH and error is None:
+        error = f"finish_reason {finish}"  # a stream that ended without a normal finish
+    tokens = reported if reported is not None else token_events
+    return RequestRecord(time.perf_counter() - start, ttft, tokens, error, finish)
 
 
 def parse_event(line: str) -> dict | None:
     """`data: {...}` -> the JSON object; anything else (comments, `[DONE]`, blank) -> None."""
     if not line.startswith("data:"):
         return None
-    payload = line[len("data:"):].strip()
+    payload = line[len("data:") :].strip()
     if not payload or payload == "[DONE]":
         return None
     try:
@@ -159,7 +207,7 @@ def parse_event(line: str) -> dict | None:
 
 def _carries_token(event: dict) -> bool:
     """A token event: has a token id or a non-empty text delta, and is not the final summary."""
-    if completion_tokens(event) is not None:
+    if event.get("finish_reason") is not None:
         return False
     return event.get("token_id") is not None or bool(event.get("text") or event.get("delta"))
 

@@ -53,20 +53,26 @@ def query_texts() -> list[str]:
 def prepare_model(name: str, *, workdir: Path) -> BenchModel:
     """Resolve `name` to a local model directory, building the speed model under `workdir`."""
     if name == "speed-100m":
-        return _describe(name, build_speed_model(workdir / "speed-100m"), "random-init Llama, realistic shape")
+        return _describe(
+            name, build_speed_model(workdir / "speed-100m"), "random-init Llama, realistic shape"
+        )
     if name == "reference":
         return _describe(name, find_reference_model(), "shipped reference model (spul/reference)")
     path = Path(name)
     if (path / "config.json").is_file():
         return _describe(str(path), path, "local model directory")
-    raise BenchModelError(f"unknown model {name!r}: use 'reference', 'speed-100m' or a local HF model directory")
+    raise BenchModelError(
+        f"unknown model {name!r}: use 'reference', 'speed-100m' or a local HF model directory"
+    )
 
 
 def find_reference_model() -> Path:
     """The shipped reference model directory (any dir under spul/reference with a config.json)."""
     from spul import REFERENCE_DIR
 
-    candidates = sorted(p.parent for p in REFERENCE_DIR.glob("**/config.json")) if REFERENCE_DIR.is_dir() else []
+    candidates = (
+        sorted(p.parent for p in REFERENCE_DIR.glob("**/config.json")) if REFERENCE_DIR.is_dir() else []
+    )
     if not candidates:
         raise BenchModelError(
             f"no reference model shipped under {REFERENCE_DIR} in this checkout; "
@@ -124,7 +130,12 @@ def _count(model: torch.nn.Module) -> int:
 
 
 def write_profiles(
-    store_root: Path, model_path: Path, *, count: int, lengths: tuple[int, ...] = (20, 30, 40), prefix: str = "bench"
+    store_root: Path,
+    model_path: Path,
+    *,
+    count: int,
+    lengths: tuple[int, ...] = (20, 30, 40),
+    prefix: str = "bench",
 ) -> list[str]:
     """Publish `count` random profiles (P cycling through `lengths`) for the model; returns their ids."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,7 +153,9 @@ def write_profiles(
     def publish(i: int) -> None:
         generator = torch.Generator().manual_seed(zlib.crc32(ids[i].encode()))  # own RNG per thread, stable
         prompt = torch.randn(lengths[i % len(lengths)], hidden, generator=generator) * scale  # (P, H)
-        data = artifact_bytes(prompt, profile=ids[i], base_model=str(model_path), base_fingerprint=fingerprint)
+        data = artifact_bytes(
+            prompt, profile=ids[i], base_model=str(model_path), base_fingerprint=fingerprint
+        )
         store.put(ids[i], data, expected_fingerprint=fingerprint)
 
     # the store fsyncs every file it writes; threads overlap those waits (10,000 profiles: ~1 min)

@@ -34,7 +34,7 @@ class NaiveSettings(BaseSettings):
 
     model: Path
     store: Path | None = None
-    threads: int = Field(default=2, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="None: torch's default (OMP_NUM_THREADS)")
 
 
 class GenerateRequest(BaseModel):
@@ -56,7 +56,8 @@ class Loaded:
 def load(settings: NaiveSettings) -> Loaded:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(settings.threads)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     model = AutoModelForCausalLM.from_pretrained(settings.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
     prompts: dict[str, tuple[int, torch.Tensor]] = {}
@@ -95,7 +96,9 @@ def generate_ids(state: Loaded, req: GenerateRequest, on_token) -> list[int]:
     mask = torch.ones_like(ids)
     if req.profile is not None:
         embeds, mask, _ = prepend_prompt(state.prompts[req.profile][1], embeds, mask)  # (1, P+T, H)
-    sampling = {"do_sample": True, "temperature": req.temperature} if req.temperature > 0 else {"do_sample": False}
+    sampling = (
+        {"do_sample": True, "temperature": req.temperature} if req.temperature > 0 else {"do_sample": False}
+    )
     with state.lock, torch.inference_mode():
         out = state.model.generate(
             inputs_embeds=embeds,

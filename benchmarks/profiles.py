@@ -28,8 +28,15 @@ FLOAT32_BYTES = 4
 
 
 def run_many_profiles(
-    model: BenchModel, *, workdir: Path, count: int, max_new_tokens: int = 16, clients: int = 8,
-    requests: int = 64, max_seconds: float = 120.0,
+    model: BenchModel,
+    *,
+    workdir: Path,
+    count: int,
+    max_new_tokens: int = 16,
+    clients: int = 8,
+    requests: int = 64,
+    max_seconds: float = 120.0,
+    server_env: dict[str, str] | None = None,
 ) -> dict:
     """Measure one server with 1 profile against one with `count`; returns a flat dict of figures."""
     if count < 2:
@@ -38,11 +45,25 @@ def run_many_profiles(
     many = write_profiles(workdir / "store-many", model.path, count=count, lengths=(NUM_VIRTUAL_TOKENS,))
     write_s = time.perf_counter() - started
     one = write_profiles(workdir / "store-one", model.path, count=1, lengths=(NUM_VIRTUAL_TOKENS,))
-    out: dict = {"profiles": count, "num_virtual_tokens": NUM_VIRTUAL_TOKENS, "clients": clients,
-                 "store_write_s": round(write_s, 2)}
+    out: dict = {
+        "profiles": count,
+        "num_virtual_tokens": NUM_VIRTUAL_TOKENS,
+        "clients": clients,
+        "store_write_s": round(write_s, 2),
+    }
     for label, store, ids in (("one", workdir / "store-one", one), ("many", workdir / "store-many", many)):
-        out.update({f"{label}_{k}": v for k, v in _measure(model, store, ids, workdir, clients=clients,
-                   requests=requests, max_seconds=max_seconds, max_new_tokens=max_new_tokens).items()})
+        figures = _measure(
+            model,
+            store,
+            ids,
+            workdir,
+            clients=clients,
+            requests=requests,
+            max_seconds=max_seconds,
+            max_new_tokens=max_new_tokens,
+            env=server_env or {},
+        )
+        out.update({f"{label}_{k}": v for k, v in figures.items()})
     computed = NUM_VIRTUAL_TOKENS * model.hidden_size * FLOAT32_BYTES
     out["bytes_per_profile_computed"] = computed
     out["bytes_per_profile_measured"] = round((out["many_rss_bytes"] - out["one_rss_bytes"]) / (count - 1))
@@ -50,21 +71,40 @@ def run_many_profiles(
     return out
 
 
-def _measure(model: BenchModel, store: Path, ids: list[str], workdir: Path, *, clients: int, requests: int,
-             max_seconds: float, max_new_tokens: int) -> dict:
-    spec = spul_server(model.path, store, name=f"profiles-{len(ids)}")
+def _measure(
+    model: BenchModel,
+    store: Path,
+    ids: list[str],
+    workdir: Path,
+    *,
+    clients: int,
+    requests: int,
+    max_seconds: float,
+    max_new_tokens: int,
+    env: dict[str, str],
+) -> dict:
+    spec = spul_server(model.path, store, env=env, name=f"profiles-{len(ids)}")
     started = time.perf_counter()
     with running(spec, log_path=workdir / f"server-{len(ids)}.log", ready_timeout_s=600.0) as server:
         ready_s = time.perf_counter() - started
         rss = server_pid_rss(server.pid)
         list_s, listed = _list_models(server)
         workload = Workload(query_texts(), ids, max_new_tokens)
-        result = asyncio.run(run_load(server.url, workload, clients=clients, requests=requests,
-                                      max_seconds=max_seconds))
+        result = asyncio.run(
+            run_load(server.url, workload, clients=clients, requests=requests, max_seconds=max_seconds)
+        )
         summary = result.summary()
-    return {"ready_s": round(ready_s, 2), "rss_bytes": rss, "list_s": round(list_s, 3), "listed": listed,
-            "tokens_per_s": summary["tokens_per_s"], "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"],
-            "errors": summary["errors"]}
+    return {
+        "ready_s": round(ready_s, 2),
+        "rss_bytes": rss,
+        "list_s": round(list_s, 3),
+        "listed": listed,
+        "tokens_per_s": summary["tokens_per_s"],
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
+        "errors": summary["errors"],
+        "unfinished": summary["unfinished"],
+    }
 
 
 def _list_models(server: RunningServer) -> tuple[float, int]:

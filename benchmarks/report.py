@@ -11,7 +11,18 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COLUMNS = ("system", "clients", "tokens_per_s", "p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms", "requests", "errors")
+COLUMNS = (
+    "system",
+    "clients",
+    "tokens_per_s",
+    "p50_ms",
+    "p99_ms",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "requests",
+    "errors",
+    "unfinished",
+)
 
 
 def machine_info() -> dict:
@@ -41,14 +52,20 @@ def git_revision() -> str:
 
 
 def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def markdown(report: dict) -> str:
     """The results table, the target ratios, and the extra suites, as markdown."""
     lines = [f"# spul bench: {report['model']['name']} ({report['model']['n_params'] / 1e6:.3g}M params)", ""]
-    lines += [f"git {report['git_revision']}; {report['machine']['platform']}, "
-              f"{report['machine']['cpu_count']} CPUs, torch {report['machine']['torch']}", ""]
+    machine = report["machine"]
+    facts = (
+        f"git {report['git_revision']}; {machine['platform']}, {machine['cpu_count']} CPUs, "
+        f"torch {machine['torch']}, load average {machine.get('load_average')}"
+    )
+    lines += [facts, ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in report["results"]:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |")
@@ -59,7 +76,9 @@ def markdown(report: dict) -> str:
     for key in ("train_step", "many_profiles"):
         if report.get(key):
             lines += ["", f"## {key}", "", "| key | value |", "|---|---|"]
-            lines += [f"| {k} | {_cell(v)} |" for k, v in report[key].items() if not isinstance(v, (dict, list))]
+            lines += [
+                f"| {k} | {_cell(v)} |" for k, v in report[key].items() if not isinstance(v, (dict, list))
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -70,20 +89,38 @@ def targets(results: list[dict], many_profiles: dict | None = None) -> list[dict
     out = []
     if top is not None:
         ratio = _ratio(by[("spul", top)]["tokens_per_s"], by[("naive", top)]["tokens_per_s"])
-        out.append({"name": f"spul / naive tokens/s at {top} clients", "value": ratio, "goal": ">= 8",
-                    "met": ratio >= 8})
+        out.append(
+            {
+                "name": f"spul / naive tokens/s at {top} clients",
+                "value": ratio,
+                "goal": ">= 8",
+                "met": ratio >= 8,
+            }
+        )
     for clients in sorted(c for s, c in by if s == "no_profile" and ("spul", c) in by):
         loss = 1 - _ratio(by[("spul", clients)]["tokens_per_s"], by[("no_profile", clients)]["tokens_per_s"])
-        out.append({"name": f"throughput loss vs no profile at {clients} clients (cache on)",
-                    "value": round(loss, 3), "goal": "<= 0.05", "met": loss <= 0.05})
+        out.append(
+            {
+                "name": f"throughput loss vs no profile at {clients} clients (cache on)",
+                "value": round(loss, 3),
+                "goal": "<= 0.05",
+                "met": loss <= 0.05,
+            }
+        )
     if ("spul", 8) in by:
         row = by[("spul", 8)]
         ratio = _ratio(row["ttft_p99_ms"], row["ttft_p50_ms"])
         out.append({"name": "TTFT p99 / p50 at 8 clients", "value": ratio, "goal": "<= 3", "met": ratio <= 3})
     if many_profiles and "throughput_ratio" in many_profiles:
         ratio = many_profiles["throughput_ratio"]
-        out.append({"name": f"tokens/s with {many_profiles['profiles']} profiles / with 1", "value": ratio,
-                    "goal": ">= 0.95 (noise)", "met": ratio >= 0.95})
+        out.append(
+            {
+                "name": f"tokens/s with {many_profiles['profiles']} profiles / with 1",
+                "value": ratio,
+                "goal": ">= 0.95 (noise)",
+                "met": ratio >= 0.95,
+            }
+        )
     return out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from benchmarks.models import prepare_model, write_profiles
 from benchmarks.report import git_revision, machine_info, markdown, targets
+from benchmarks.servers import thread_env
 from benchmarks.serving import SYSTEMS, ServingConfig, run_serving
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class BenchOptions:
     many_profiles: int = 10_000  # the resident-profiles suite
     systems: Sequence[str] = SYSTEMS
     suites: Sequence[str] = SUITES
+    server_threads: int | None = None  # torch threads of each server under test; None: its default
     workdir: Path | None = None  # default: a temporary directory, removed afterwards
     extra_request_fields: dict = field(default_factory=dict)
 
@@ -63,9 +65,18 @@ def _run_in(options: BenchOptions, workdir: Path) -> dict:
         profiles = write_profiles(store, model.path, count=options.profiles)
         (bare,) = write_profiles(store, model.path, count=1, lengths=(1,), prefix="bare")
         config = ServingConfig(
-            model=model, store=store, profiles=profiles, workdir=workdir / "logs", clients=options.clients,
-            requests=options.requests, max_seconds=options.max_seconds, max_new_tokens=options.max_new_tokens,
-            systems=options.systems, bare_profile=bare, extra_request_fields=options.extra_request_fields,
+            model=model,
+            store=store,
+            profiles=profiles,
+            workdir=workdir / "logs",
+            clients=options.clients,
+            requests=options.requests,
+            max_seconds=options.max_seconds,
+            max_new_tokens=options.max_new_tokens,
+            systems=options.systems,
+            bare_profile=bare,
+            server_env=thread_env(options.server_threads),
+            extra_request_fields=options.extra_request_fields,
         )
         report["results"] = run_serving(config)
     if "train_step" in options.suites:
@@ -76,7 +87,12 @@ def _run_in(options: BenchOptions, workdir: Path) -> dict:
         from benchmarks.profiles import run_many_profiles
 
         report["many_profiles"] = run_many_profiles(
-            model, workdir=workdir / "many", count=options.many_profiles, max_new_tokens=options.max_new_tokens,
+            model,
+            workdir=workdir / "many",
+            count=options.many_profiles,
+            max_new_tokens=options.max_new_tokens,
+            max_seconds=options.max_seconds,
+            server_env=thread_env(options.server_threads),
         )
     report["targets"] = targets(report["results"], report.get("many_profiles"))
     return report

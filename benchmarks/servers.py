@@ -40,17 +40,52 @@ class RunningServer:
     pid: int
 
 
-def spul_server(model: Path, store: Path, *, env: dict[str, str] | None = None, name: str = "spul") -> ServerSpec:
+def spul_server(
+    model: Path, store: Path, *, env: dict[str, str] | None = None, name: str = "spul"
+) -> ServerSpec:
     """`spul serve` on the model and store, with extra SPUL_* settings in `env`."""
-    argv = [sys.executable, "-m", "spul", "serve", "--host", HOST, "--port", "{port}",
-            "--model", str(model), "--store", str(store)]
+    argv = [
+        sys.executable,
+        "-m",
+        "spul",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        "{port}",
+        "--model",
+        str(model),
+        "--store",
+        str(store),
+    ]
     return ServerSpec(name, argv, env or {})
 
 
-def naive_server(model: Path, store: Path) -> ServerSpec:
-    argv = [sys.executable, "-m", "uvicorn", "benchmarks.naive_server:create_app", "--factory",
-            "--host", HOST, "--port", "{port}", "--log-level", "warning"]
-    return ServerSpec("naive", argv, {"SPUL_NAIVE_MODEL": str(model), "SPUL_NAIVE_STORE": str(store)})
+def naive_server(model: Path, store: Path, *, env: dict[str, str] | None = None) -> ServerSpec:
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "benchmarks.naive_server:create_app",
+        "--factory",
+        "--host",
+        HOST,
+        "--port",
+        "{port}",
+        "--log-level",
+        "warning",
+    ]
+    return ServerSpec(
+        "naive", argv, {**(env or {}), "SPUL_NAIVE_MODEL": str(model), "SPUL_NAIVE_STORE": str(store)}
+    )
+
+
+def thread_env(threads: int | None) -> dict[str, str]:
+    """Environment that caps a server's torch/OpenMP threads (on a shared machine, fewer threads
+    than cores avoids OpenMP spin-waiting against other processes); {} leaves the default."""
+    if threads is None:
+        return {}
+    return {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 def free_port() -> int:

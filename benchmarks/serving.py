@@ -41,6 +41,7 @@ class ServingConfig:
     max_seconds: float = 120.0  # per run: no new request starts after this
     max_new_tokens: int = 16
     systems: Sequence[str] = SYSTEMS
+    server_env: dict = field(default_factory=dict)  # added to every server's environment (threads)
     bare_profile: str | None = None  # a P = 1 profile, the stand-in for "no profile" (see above)
     extra_request_fields: dict = field(default_factory=dict)
 
@@ -74,10 +75,17 @@ def _server_plan(config: ServingConfig) -> list[tuple[ServerSpec, list[str]]]:
     wanted = set(config.systems)
     path, store = config.model.path, config.store
     return [
-        (spul_server(path, store, env=SERVER_ENV), [s for s in ("spul", "no_profile") if s in wanted]),
-        (spul_server(path, store, env={**SERVER_ENV, **NO_CACHE_ENV}, name="spul_no_cache"),
-         ["spul_no_cache"] if "spul_no_cache" in wanted else []),
-        (naive_server(path, store), ["naive"] if "naive" in wanted else []),
+        (
+            spul_server(path, store, env={**SERVER_ENV, **config.server_env}),
+            [s for s in ("spul", "no_profile") if s in wanted],
+        ),
+        (
+            spul_server(
+                path, store, env={**SERVER_ENV, **config.server_env, **NO_CACHE_ENV}, name="spul_no_cache"
+            ),
+            ["spul_no_cache"] if "spul_no_cache" in wanted else [],
+        ),
+        (naive_server(path, store, env=config.server_env), ["naive"] if "naive" in wanted else []),
     ]
 
 
@@ -102,7 +110,9 @@ def _load(server: RunningServer, workload: Workload, *, clients: int, requests: 
     return asyncio.run(run_load(server.url, workload, clients=clients, requests=requests, max_seconds=60.0))
 
 
-def _measure(server: RunningServer, config: ServingConfig, system: str, clients: int, bare: str | None) -> dict:
+def _measure(
+    server: RunningServer, config: ServingConfig, system: str, clients: int, bare: str | None
+) -> dict:
     workload = workload_for(config, system, bare)
     requests = max(config.requests, 2 * clients)
     result = asyncio.run(

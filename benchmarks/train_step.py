@@ -42,8 +42,12 @@ def run_train_step(model_path: Path, *, batch_size: int = 32, steps: int = 5, wa
     answers = [ANSWERS[i % len(ANSWERS)] for i in range(batch_size)]
     batch = encode_batch(tokenizer, prompts, answers)
     n_forget = max(1, batch_size // 4)  # the trainer's default mix: 1 forget row per 3 retain rows
-    out: dict = {"batch_size": batch_size, "seq_len": int(batch.input_ids.shape[1]),
-                 "num_virtual_tokens": NUM_VIRTUAL_TOKENS, "steps": steps}
+    out: dict = {
+        "batch_size": batch_size,
+        "seq_len": int(batch.input_ids.shape[1]),
+        "num_virtual_tokens": NUM_VIRTUAL_TOKENS,
+        "steps": steps,
+    }
     makers = {"spul": _spul_step(0.5), "spul_no_kl": _spul_step(0.0), "peft_ptuning": _peft_step}
     step_fns = {name: make(_load(model_path), batch, n_forget) for name, make in makers.items()}
     for name, times in _time_interleaved(step_fns, steps=steps, warmup=warmup).items():
@@ -84,15 +88,21 @@ def _spul_step(beta: float) -> Callable:
 def _peft_step(model, batch, n_forget: int) -> Callable[[], None]:
     from peft import PromptEncoderConfig, TaskType, get_peft_model
 
-    config = PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=NUM_VIRTUAL_TOKENS,
-                                 encoder_hidden_size=ENCODER_HIDDEN, encoder_reparameterization_type="MLP")
+    config = PromptEncoderConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=NUM_VIRTUAL_TOKENS,
+        encoder_hidden_size=ENCODER_HIDDEN,
+        encoder_reparameterization_type="MLP",
+    )
     peft_model = get_peft_model(model, config)
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     def step() -> None:
-        loss = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+        loss = peft_model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+        ).loss
         _update(loss, params, optimizer)
 
     return step
@@ -105,8 +115,9 @@ def _update(loss: torch.Tensor, params: list[torch.Tensor], optimizer: torch.opt
     optimizer.step()
 
 
-def _time_interleaved(steps_by_name: dict[str, Callable[[], None]], *, steps: int,
-                      warmup: int) -> dict[str, list[float]]:
+def _time_interleaved(
+    steps_by_name: dict[str, Callable[[], None]], *, steps: int, warmup: int
+) -> dict[str, list[float]]:
     for _ in range(warmup):
         for step in steps_by_name.values():
             step()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
+import httpx
 import pytest
 
-from benchmarks.loadgen import completion_tokens, parse_event, percentile
+from benchmarks.loadgen import Workload, completion_tokens, parse_event, percentile, run_load
 from benchmarks.report import targets
 from spul.cli import main
 
@@ -33,6 +35,42 @@ def test_percentile_interpolates_and_handles_empty():
     assert math.isnan(percentile([], 50))
 
 
+def _sse_app(finish: str, delay_s: float = 0.0):
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(delay_s)
+        body = (
+            'data: {"text": " a"}\n\ndata: {"text": " b"}\n\n'
+            f'data: {{"text": "", "finish_reason": "{finish}", "completion_tokens": 2}}\n\ndata: [DONE]\n\n'
+        )
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    return httpx.MockTransport(handler)
+
+
+def test_run_load_counts_tokens_and_treats_timeouts_as_errors():
+    workload = Workload(["hello world"], ["p1", "p2"], max_new_tokens=2)
+    ok = asyncio.run(
+        run_load("http://x", workload, clients=2, requests=5, max_seconds=30, transport=_sse_app("length"))
+    )
+    assert ok.summary()["requests"] == 5 and ok.summary()["generated_tokens"] == 10
+    assert all(r.ttft_s is not None and r.ttft_s <= r.latency_s for r in ok.records)
+    cut = asyncio.run(
+        run_load("http://x", workload, clients=1, requests=2, max_seconds=30, transport=_sse_app("timeout"))
+    )
+    assert cut.errors == 2 and cut.summary()["generated_tokens"] == 0
+
+
+def test_run_load_cuts_off_requests_after_the_drain_deadline():
+    workload = Workload(["hello world"], [None])
+    slow = _sse_app("length", delay_s=5.0)
+    result = asyncio.run(
+        run_load(
+            "http://x", workload, clients=3, requests=9, max_seconds=0.05, drain_seconds=0.1, transport=slow
+        )
+    )
+    assert result.unfinished == 3 and not result.records and result.wall_s < 2.0
+
+
 def test_targets_compare_systems_at_the_same_client_count():
     rows = [
         {"system": "spul", "clients": 8, "tokens_per_s": 90.0, "ttft_p50_ms": 10.0, "ttft_p99_ms": 40.0},
@@ -47,8 +85,25 @@ def test_targets_compare_systems_at_the_same_client_count():
 
 def test_spul_bench_serving_every_system_produces_tokens(tiny_model_dir, tmp_path):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--model", str(tiny_model_dir), "--clients", "1,2", "--requests", "3",
-                 "--max-new-tokens", "4", "--profiles", "3", "--suites", "serving", "--json", str(out)])
+    code = main(
+        [
+            "bench",
+            "--model",
+            str(tiny_model_dir),
+            "--clients",
+            "1,2",
+            "--requests",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "--profiles",
+            "3",
+            "--suites",
+            "serving",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert {"results", "machine", "model", "settings", "git_revision", "targets"} <= set(report)
@@ -68,8 +123,21 @@ def test_spul_bench_serving_every_system_produces_tokens(tiny_model_dir, tmp_pat
 @pytest.mark.slow
 def test_spul_bench_profiles_and_train_step(tiny_model_dir, tmp_path):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--model", str(tiny_model_dir), "--many-profiles", "4", "--max-new-tokens", "2",
-                 "--suites", "profiles,train_step", "--json", str(out)])
+    code = main(
+        [
+            "bench",
+            "--model",
+            str(tiny_model_dir),
+            "--many-profiles",
+            "4",
+            "--max-new-tokens",
+            "2",
+            "--suites",
+            "profiles,train_step",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     many = report["many_profiles"]

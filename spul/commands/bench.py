@@ -14,18 +14,35 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="run the benchmarks (from a checkout) and write JSON + markdown")
-    p.add_argument("--model", default="speed-100m",
-                   help="'reference' (the shipped model), 'speed-100m' (random ~110M Llama) or a model dir")
+    p.add_argument(
+        "--model",
+        default="speed-100m",
+        help="'reference' (the shipped model), 'speed-100m' (random ~110M Llama) or a model dir",
+    )
     p.add_argument("--clients", default="1,8,32,64", help="comma-separated concurrent client counts")
-    p.add_argument("--requests", type=int, default=64, help="requests per run (at least 2 x clients are sent)")
-    p.add_argument("--max-seconds", type=float, default=120.0, help="no new request starts after this, per run")
+    p.add_argument(
+        "--requests", type=int, default=64, help="requests per run (at least 2 x clients are sent)"
+    )
+    p.add_argument(
+        "--max-seconds", type=float, default=120.0, help="no new request starts after this, per run"
+    )
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--profiles", type=int, default=8, help="mixed-P profiles the serving load spreads over")
-    p.add_argument("--many-profiles", type=int, default=10_000, help="profiles for the resident-profiles suite")
+    p.add_argument(
+        "--many-profiles", type=int, default=10_000, help="profiles for the resident-profiles suite"
+    )
     p.add_argument("--systems", default="spul,no_profile,spul_no_cache,naive")
     p.add_argument("--suites", default="serving,train_step,profiles")
+    p.add_argument(
+        "--server-threads",
+        type=int,
+        default=None,
+        help="torch/OpenMP threads per server under test (default: torch's own choice)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="keep models, stores and server logs here")
-    p.add_argument("--json", type=Path, required=True, help="write results here (and the table to .md beside it)")
+    p.add_argument(
+        "--json", type=Path, required=True, help="write results here (and the table to .md beside it)"
+    )
     p.set_defaults(func=run)
 
 
@@ -48,16 +65,25 @@ def run(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace):
     if not (REPO_ROOT / "benchmarks" / "run.py").is_file():
-        raise UserError("spul bench runs from a source checkout (benchmarks/ is not installed); run it from the repo")
+        raise UserError(
+            "spul bench runs from a source checkout (benchmarks/ is not installed); run it from the repo"
+        )
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from benchmarks.run import BenchOptions
 
     try:
         return BenchOptions(
-            model=args.model, clients=_ints(args.clients, "--clients"), requests=args.requests,
-            max_seconds=args.max_seconds, max_new_tokens=args.max_new_tokens, profiles=args.profiles,
-            many_profiles=args.many_profiles, systems=_names(args.systems), suites=_names(args.suites),
+            model=args.model,
+            clients=_ints(args.clients, "--clients"),
+            requests=args.requests,
+            max_seconds=args.max_seconds,
+            max_new_tokens=args.max_new_tokens,
+            profiles=args.profiles,
+            many_profiles=args.many_profiles,
+            systems=_names(args.systems),
+            suites=_names(args.suites),
+            server_threads=args.server_threads,
             workdir=args.workdir,
         )
     except ValueError as err:
