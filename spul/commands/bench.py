@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = _options(args)
+    # SIGTERM unwinds like Ctrl-C, so every server under test is stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the results
     from benchmarks.run import run_bench, write_report
 
