@@ -23,6 +23,8 @@ def add_world_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASK_CHOICES, required=True)
     parser.add_argument("--base", help="base model dir or hub id (default: WORLD/model)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; "
+                        "1 is often faster on a busy machine)")
 
 
 def open_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -31,6 +33,12 @@ def open_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
     from trainer.data import DataError, open_world
     from trainer.models import ModelLoadError, load_base_model
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         world = open_world(args.world)
         world.splits(args.task)
