@@ -209,7 +209,7 @@ def _parse_header(data: bytes) -> dict[str, Any]:
         )
     try:
         header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: [[[[...
         raise ArtifactError("not_safetensors", f"safetensors header is not JSON: {err}") from err
     if not isinstance(header, dict):
         raise ArtifactError("not_safetensors", "safetensors header is not a JSON object")
@@ -226,7 +226,9 @@ def _check_header_tensors(header: dict[str, Any], meta: ArtifactMeta) -> None:
     if names != [TENSOR_NAME]:
         raise ArtifactError("bad_tensors", f"artifact must hold exactly one tensor {TENSOR_NAME!r}; found {names}")
     spec = header[TENSOR_NAME]
-    dtype = ST_DTYPES.get(spec.get("dtype"))
+    if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str):
+        raise ArtifactError("bad_tensors", f"header entry of {TENSOR_NAME!r} is not a safetensors tensor entry")
+    dtype = ST_DTYPES.get(spec["dtype"])
     if dtype is None:
         raise ArtifactError("bad_dtype", f"dtype {spec.get('dtype')} not allowed; use one of {sorted(ALLOWED_DTYPES)}")
     if dtype != meta.dtype:
