@@ -80,6 +80,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path
+        self.store = store
         env = {f"SPUL_{k.upper()}": str(v) for k, v in settings.items()}
         env.setdefault("SPUL_ADMIN_TOKEN", ADMIN_TOKEN)
         argv = [
