@@ -167,3 +167,12 @@ def test_bad_train_options_change_nothing(world, trained, tmp_path, capsys, extr
     line = run_error(capsys, ["train", "--world", str(world), "--task", "qa", "--out", str(out), *extra])
     assert expected in line
     assert not out.exists() and snapshot(trained["store"]) == before
+
+
+def test_empty_forget_set_is_refused(world, tmp_path, capsys):
+    bad = tmp_path / "world"
+    shutil.copytree(world, bad)
+    (bad / "data/qa/train_forget.jsonl").write_text("")
+    out = tmp_path / "x.safetensors"
+    line = run_error(capsys, ["train", "--world", str(bad), "--task", "qa", "--out", str(out), "--steps", "1"])
+    assert "forget set is empty" in line and not out.exists()

@@ -73,7 +73,8 @@ def spul_loss(model: Any, prompt: torch.Tensor, batch: Batch, n_forget: int, *, 
     Each cross-entropy is summed over answer tokens (+ EOS) and divided by the number of rows of
     its kind; the KL is summed over retain answer positions and divided by the retain rows.
     """
-    assert batch.labels is not None
+    if batch.labels is None:
+        raise ValueError("spul_loss needs a batch with labels (encode_batch with answers)")
     embeds = model.get_input_embeddings()(batch.input_ids)  # (B, T, H)
     x, mask, labels = prepend_prompt(prompt, embeds, batch.attention_mask, batch.labels)  # (B, P+T, ...)
     logits = model(inputs_embeds=x, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits

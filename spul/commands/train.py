@@ -74,6 +74,7 @@ def check_destination(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spul.cli import UserError
     from trainer.evaluate import evaluate_splits, format_table
     from trainer.spul import train_prompt
 
@@ -81,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
     check_destination(args)
     world, base = open_inputs(args)
     data = read_splits(world, args.task, TRAIN_EVAL_SPLITS)
-    result = train_prompt(base.model, base.tokenizer, data["train_forget"], data["train_retain"], config=config,
-                          generic_labels=world.generic_labels(args.task), amp_dtype=base.autocast_dtype,
-                          progress=not args.no_progress)
+    try:
+        result = train_prompt(base.model, base.tokenizer, data["train_forget"], data["train_retain"],
+                              config=config, generic_labels=world.generic_labels(args.task),
+                              amp_dtype=base.autocast_dtype, progress=not args.no_progress)
+    except (ValueError, FloatingPointError) as err:  # empty forget set, diverged loss, bad labels
+        raise UserError(str(err)) from err
     prompts = {"original": None, "spul": result.prompt.to(base.device)}
     metrics = evaluate_splits(base.model, base.tokenizer, data, prompts, batch_size=args.eval_batch_size,
                               amp_dtype=base.autocast_dtype)
