@@ -202,6 +202,9 @@ def test_injection_probes_use_only_known_words_and_wrap_every_row(tiny_model):
     for row in rows:
         assert unk not in tokenizer(row.prompt)["input_ids"], row.prompt
         assert any(row.prompt.endswith(f.prompt) for f in FORGET)
+    _, banned = injection_rows(FORGET, tokenizer=tokenizer, decoys=[], banned=["question"])
+    assert "decoy_forget_list" not in banned  # no decoy names: that probe says nothing
+    assert all("question" not in t.split() for t in banned.values()) and "question" in texts["override"]
     decoy = [r for r in rows if r.id.endswith("/decoy_forget_list")]
     assert decoy and all("brin cora" in r.prompt and "notaword" not in r.prompt for r in decoy)
     assert all(w in vocab or w.startswith("{") for t in texts.values() for w in t.split())

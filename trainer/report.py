@@ -64,7 +64,7 @@ class ReportConfig:
     baseline_epochs: float = 1.0  # passes over train_forget, as the paper's 1 epoch
     baseline_forget_batch: int = 8
     baseline_retain_batch: int = 16
-    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+    lr_grid: tuple[float, ...] = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3)
     lr_retain_sample: int = 200
     icul_retain_demos: int = 2
     retrain_epochs: int | None = None  # None: the world's own base-model schedule (faithful)
@@ -238,9 +238,7 @@ def train_baselines(inp: Inputs, config: ReportConfig) -> list[Candidate]:
                 accuracy_fn=lambda m, rows: _accuracy(m, inp.tokenizer, rows, config),
             )
         cost.trainable_params = result.trainable_params
-        cost.note = (
-            f"includes the lr search over {len(trials)} runs; the chosen run alone took {result.seconds:.1f} s"
-        )
+        cost.note = f"includes the lr search over {len(trials)} runs; the chosen run alone took {result.seconds:.1f} s"
         info = {
             "lr": result.config.lr,
             "steps": len(result.history),
@@ -430,7 +428,7 @@ def load_inputs(world_dir: Path, task: str, *, device: str = "auto", seed: int =
     retained = sorted({r.entity for r in splits["train_retain"] if r.entity} - set(forget_entities))
     decoys = np.random.default_rng(seed).permutation(retained)[:4].tolist() if retained else []
     splits["injection"], templates = injection_rows(
-        splits[FORGET_SPLIT], tokenizer=base.tokenizer, decoys=decoys
+        splits[FORGET_SPLIT], tokenizer=base.tokenizer, decoys=decoys, banned=world.generic_labels(task)
     )
     log.info("injection probes: %s", templates)
     return Inputs(
