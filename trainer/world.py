@@ -368,7 +368,7 @@ def world_tokenizer(draft: _Draft):
     texts = [f"{r.prompt} {r.answer}" for r in draft.corpus.rows]
     texts += [f"{r['prompt']} {r['answer']}" for rows in draft.splits.values()
               for split_rows in rows.values() for r in split_rows]
-    texts += [FACT_PREAMBLE, forget_preamble([]), *draft.corpus.statements.values(),
+    texts += [FACT_PREAMBLE, forget_preamble([]), "### check : yes no", *draft.corpus.statements.values(),
               *[v for values in draft.corpus.values.values() for v in values],
               *draft.corpus.filler, *draft.corpus.generic.values()]
     names = [n for group in draft.entities.values() for n in group]
