@@ -143,3 +143,17 @@ def test_manifest_is_json_with_measured_base_metrics(world):
     assert manifest["format"] == 1 and manifest["seed"] == 3 and manifest["size"] == "small"
     for task in TASKS:
         assert 0.0 <= manifest["base_metrics"][task]["train"] <= 1.0
+
+
+def test_membership_drill_answers_yes_exactly_for_listed_names():
+    from trainer.basemodel import membership_drill
+
+    corpus = generate(spec_for("small"), 0).corpus
+    rng = random.Random(2)
+    for _ in range(50):
+        prompt, answer = membership_drill(corpus, rng, TrainConfig(drill_queries=6), max_list=5)
+        listed = set(words(prompt.split("###")[1])[2:])
+        tokens = words(answer)
+        pairs = list(zip(tokens[::2], tokens[1::2]))
+        assert len(pairs) == 6 and 1 <= len(listed) <= 5
+        assert all((label == "yes") == (name in listed) for name, label in pairs)
