@@ -43,6 +43,7 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_probs, order = probs.sort(descending=True)
     # keep a token if the mass *before* it is below top_p (the first token is always kept)
     keep_sorted = sorted_probs.cumsum(0) - sorted_probs < top_p
+    keep_sorted[0] = True  # also when top_p is below float32's smallest number and compares as 0
     keep = torch.zeros_like(keep_sorted).scatter(0, order, keep_sorted)
     filtered = probs * keep
     return filtered / filtered.sum()
@@ -54,4 +55,6 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         return int(logits.argmax())
     probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)  # (V,)
     probs = top_p_filter(probs, params.top_p)
+    if not bool(torch.isfinite(probs).all()):  # logits / tiny temperature overflowed: its limit is greedy
+        return int(logits.argmax())
     return int(torch.multinomial(probs, 1, generator=generator))
