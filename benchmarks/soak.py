@@ -297,6 +297,8 @@ def summarize(tally: Tally, samples: list[tuple[float, int]], wall_s: float, opt
         if mib
         else {},
         "rss_slope_mib_per_min": round(slope_mib_per_min(warm), 3),
+        # a single allocator step moves a short run's slope; growth over the last half shows a trend
+        "rss_growth_last_half_mib": round(mib[-1] - mib[len(mib) // 2], 1) if mib else None,
         "rss_samples": [(round(t, 1), round(r / 2**20, 1)) for t, r in samples],
     }
 
@@ -343,7 +345,8 @@ def summary_lines(report: dict) -> list[str]:
         f"  by kind ok {report['ok_by_kind']} failed {report['failed_by_kind']}",
         (
             f"  server RSS MiB start {rss.get('start')} end {rss.get('end')} max {rss.get('max')}; "
-            f"slope after warm-up {report['rss_slope_mib_per_min']} MiB/min"
+            f"slope after warm-up {report['rss_slope_mib_per_min']} MiB/min, "
+            f"growth over the last half {report['rss_growth_last_half_mib']} MiB"
         ),
         *(f"  error: {e}" for e in report["first_errors"][:5]),
     ]
