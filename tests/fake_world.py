@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import make_tiny_model
+from tinymodel import make_tiny_model
 from trainer.data import encode_batch, open_world
 
 SENT_TEMPLATES = ("the film with {e} was great .", "this film with {e} was the film .")

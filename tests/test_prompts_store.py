@@ -141,7 +141,7 @@ def test_size_limit(tmp_path):
 
 # ---- fingerprint ------------------------------------------------------------------------
 def test_fingerprint_changes_with_weights_and_tokenizer(tiny_model):
-    from conftest import make_tiny_model
+    from tinymodel import make_tiny_model
 
     model, tokenizer = tiny_model
     fp = model_fingerprint(model, tokenizer)
