@@ -13,6 +13,7 @@ Systems (the `system` field of a result):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,17 +57,24 @@ class ServingConfig:
 
 
 def run_serving(config: ServingConfig) -> list[dict]:
-    """Run every requested system at every client count; one result dict per (system, clients)."""
+    """Run every requested system at every client count; one result dict per (system, clients).
+
+    All servers stay up together and the systems take turns at each client count, so a
+    neighbour's load burst on a shared machine lands on all of them rather than on whichever
+    system happened to run then (idle servers only wait on a condition variable).
+    """
     results: list[dict] = []
-    for spec, systems in _server_plan(config):
-        if not systems:
-            continue
-        log.info("starting %s for %s", spec.name, systems)
-        with running(spec, log_path=config.workdir / f"{spec.name}.log") as server:
-            bare = _warm_up(server, config)
-            for clients in config.clients:
-                for system in systems:
-                    results.append(_measure(server, config, system, clients, bare))
+    with contextlib.ExitStack() as stack:
+        turns: list[tuple[RunningServer, str, str | None]] = []
+        for spec, systems in _server_plan(config):
+            if systems:
+                log.info("starting %s for %s", spec.name, systems)
+                server = stack.enter_context(running(spec, log_path=config.workdir / f"{spec.name}.log"))
+                bare = _warm_up(server, config)
+                turns += [(server, system, bare) for system in systems]
+        for clients in config.clients:
+            for server, system, bare in turns:
+                results.append(_measure(server, config, system, clients, bare))
     order = {name: i for i, name in enumerate(SYSTEMS)}
     return sorted(results, key=lambda r: (order[r["system"]], r["clients"]))
 
