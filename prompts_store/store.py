@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,6 +78,7 @@ class PromptStore:
         self.root = Path(root)
         self.max_bytes = max_bytes
         (self.root / "profiles").mkdir(parents=True, exist_ok=True)
+        self._sweep_temp_files()
 
     # ---- reads -------------------------------------------------------------------------
     def profiles(self) -> list[str]:
@@ -218,6 +220,19 @@ class PromptStore:
         self._touch()
 
     # ---- internals ---------------------------------------------------------------------
+    def _sweep_temp_files(self, *, older_than_s: float = 3600.0) -> None:
+        """Remove temp files left by writers killed mid-write (never visible, but they pile up).
+
+        Only old ones: another live process may be writing a fresh one right now.
+        """
+        cutoff = time.time() - older_than_s
+        for tmp in self.root.glob("profiles/*/.tmp-*"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
+
     def _publish(self, pdir: Path, tmp: Path) -> int:
         existing = [int(m.group(1)) for p in pdir.iterdir() if (m := VERSION_RE.fullmatch(p.name))]
         version = max(existing, default=0) + 1

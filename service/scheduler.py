@@ -180,17 +180,28 @@ class Scheduler:
     def pending(self) -> int:
         return len(self._waiting) + len(self._active)
 
+    @property
+    def alive(self) -> bool:
+        """False once the engine thread has stopped (shutdown, or a bug): readiness reports it."""
+        return self._thread.is_alive()
+
     # ---- engine thread -------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             newcomers = self._next_work()
             if newcomers is None:
                 return
-            self._prune()
-            if newcomers:
-                self._admit(newcomers)
-            if self._active:
-                self._step()
+            try:
+                self._prune()
+                if newcomers:
+                    self._admit(newcomers)
+                if self._active:
+                    self._step()
+            except Exception as err:  # a bug must fail the rows it touched, never the engine thread
+                log.exception("engine iteration failed")
+                for seq in [*newcomers, *self._active]:
+                    self._finish(seq, "error", error=f"engine error: {err}")
+                self._active, self._batch = [], None
 
     def _next_work(self) -> list[_Sequence] | None:
         """Block until there is work; pop as many waiting requests as the batch has room for."""
@@ -241,6 +252,9 @@ class Scheduler:
         self.metrics.prefix_cache_bytes.set(self.engine.prefix_cache.nbytes)
 
     def _step(self) -> None:
+        self._prune()  # rows that finished at admission (or failed) must not be decoded again
+        if not self._active:
+            return
         assert self._batch is not None
         self.metrics.batch_size.observe(len(self._active))
         self.metrics.running.set(len(self._active))
@@ -262,8 +276,12 @@ class Scheduler:
         greedy = logits.argmax(dim=-1).tolist()
         for row, seq in enumerate(seqs):
             params = seq.request.sampling
-            token = greedy[row] if params.greedy else sample(logits[row], params, seq.generator)
-            self._emit(seq, token)
+            try:
+                token = greedy[row] if params.greedy else sample(logits[row], params, seq.generator)
+                self._emit(seq, token)
+            except Exception as err:  # one row's sampling/detokenising bug ends that row only
+                log.exception("sampling failed")
+                self._finish(seq, "error", error=f"sampling failed: {err}")
 
     def _emit(self, seq: _Sequence, token: int) -> None:
         now = time.perf_counter()

@@ -276,3 +276,18 @@ def test_left_padded_row_matches_the_row_alone(tiny_model):
         e, m, _ = prepend_prompt(prompt, emb(padded_ids), pmask)
         got = model(inputs_embeds=e, attention_mask=m, position_ids=position_ids_from_mask(m)).logits
     torch.testing.assert_close(got[:, -ids.shape[1] :], ref[:, -ids.shape[1] :], rtol=1e-4, atol=1e-5)
+
+
+def test_old_temp_files_of_killed_writers_are_swept(tmp_path):
+    import os
+
+    store = PromptStore(tmp_path)
+    store.put("alpha", make_bytes())
+    pdir = tmp_path / "profiles" / "alpha"
+    old, fresh = pdir / ".tmp-old", pdir / ".tmp-fresh"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"in flight")
+    os.utime(old, (1, 1))
+    PromptStore(tmp_path)
+    assert not old.exists() and fresh.exists()
+    assert store.versions("alpha") == [1]

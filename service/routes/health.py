@@ -21,6 +21,8 @@ def readyz(request: Request) -> JSONResponse:
     if state.runtime is None:
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
+    if not state.runtime.scheduler.alive:
+        return JSONResponse({"status": "failed", "error": "the engine thread has stopped"}, status_code=503)
     registry = state.runtime.registry
     return JSONResponse({"status": "ready", "profiles": len(registry.loaded()), "broken": sorted(registry.broken())})
 

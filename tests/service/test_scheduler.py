@@ -126,3 +126,26 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     assert top_p_filter(probs, 0.7).tolist() == pytest.approx([0.625, 0.375, 0.0, 0.0])
     assert top_p_filter(probs, 0.1).tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])
+
+
+def test_a_failing_row_ends_with_an_error_and_the_engine_keeps_serving(tiny_model, handles, monkeypatch):
+    import service.scheduler as sched
+
+    def broken_sample(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(sched, "sample", broken_sample)  # only sampled (non-greedy) rows hit it
+    scheduler = make_scheduler(tiny_model)
+    sampled = request(tiny_model, handles[0], "hello", sampling=SamplingParams(temperature=1.0, seed=1))
+    greedy = request(tiny_model, handles[1], "hello", n=3)
+
+    async def body():
+        together = await run_all(scheduler, [sampled, greedy])
+        after = await run_all(scheduler, [request(tiny_model, handles[0], "hello", n=2)])
+        return together, after, scheduler.alive
+
+    together, after, alive = asyncio.run(with_scheduler(scheduler, body))
+    assert together[0][1] == "error"
+    assert together[1][1:] == ("length", 3)
+    assert after[0][1:] == ("length", 2)
+    assert alive
