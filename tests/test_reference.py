@@ -1,0 +1,108 @@
+"""The shipped reference model and demo profiles still match what the build commands produce.
+
+Fast half (always): the world data regenerates byte for byte from the seed, the shipped prompts
+fit the shipped model (fingerprint), and re-evaluating them on the regenerated splits gives the
+metrics recorded at `spul train` time, metric for metric.
+Slow half (SPUL_REBUILD_REFERENCE=1, ~30 min on 2 cores): rebuild the world's base model and
+retrain both prompts from scratch, and compare every metric with the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from spul import REFERENCE_DIR
+
+MANIFEST = REFERENCE_DIR / "manifest.json"
+SPLITS = ["train_forget", "train_retain", "test_forget", "test_retain"]
+
+pytestmark = pytest.mark.skipif(not MANIFEST.is_file(), reason="no reference shipped in this checkout")
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return json.loads(MANIFEST.read_text())
+
+
+@pytest.fixture(scope="module")
+def data_dir(manifest, tmp_path_factory) -> Path:
+    from trainer.reference import regenerated_data
+
+    world = manifest["world"]
+    return regenerated_data(world["size"], world["seed"], tmp_path_factory.mktemp("ref-data"))
+
+
+def test_data_regenerates_byte_for_byte(manifest, data_dir):
+    from trainer.reference import split_digests
+
+    assert split_digests(data_dir) == manifest["data_sha256"]
+
+
+def test_every_task_has_a_profile_for_the_shipped_model(manifest):
+    from prompts_store import load_artifact, model_fingerprint
+    from trainer.models import load_base_model
+
+    base = load_base_model(REFERENCE_DIR / "model", device="cpu")
+    fingerprint = model_fingerprint(base.model, base.tokenizer)
+    assert {p["task"] for p in manifest["profiles"].values()} == {"sentiment", "qa"}
+    for name, entry in manifest["profiles"].items():
+        art = load_artifact(REFERENCE_DIR / "profiles" / f"{name}.safetensors",
+                            expected_fingerprint=fingerprint, expected_hidden_size=base.hidden_size)
+        assert art.sha256 == entry["sha256"]
+
+
+@pytest.mark.parametrize("task", ["sentiment", "qa"])
+def test_shipped_prompts_reproduce_their_metrics(manifest, data_dir, task):
+    from prompts_store import load_artifact
+    from trainer.data import read_jsonl
+    from trainer.evaluate import evaluate_splits
+    from trainer.models import load_base_model
+    from trainer.reference import profile_name
+
+    base = load_base_model(REFERENCE_DIR / "model", device="cpu")
+    art = load_artifact(REFERENCE_DIR / "profiles" / f"{profile_name(task)}.safetensors")
+    splits = {s: read_jsonl(data_dir / task / f"{s}.jsonl") for s in SPLITS}
+    got = evaluate_splits(base.model, base.tokenizer, splits, {"original": None, "spul": art.embeddings})
+    want = manifest["profiles"][profile_name(task)]["eval_metrics"]
+    for method in ("original", "spul"):
+        for split in SPLITS:
+            g, w = got[method][split], want[method][split]
+            assert g["n"] == w["n"], (method, split)
+            assert math.isclose(g["accuracy"], w["accuracy"], abs_tol=1e-9), (method, split, g, w)
+
+
+@pytest.mark.skipif(os.environ.get("SPUL_REBUILD_REFERENCE") != "1",
+                    reason="full rebuild takes ~30 min on 2 cores; set SPUL_REBUILD_REFERENCE=1")
+def test_full_rebuild_matches_the_manifest(manifest, tmp_path):
+    import dataclasses
+
+    from spul.cli import main
+    from trainer.reference import profile_name
+    from trainer.spul_config import SpulConfig
+
+    world = tmp_path / "world"
+    assert main(["world", "build", "--out", str(world), "--size", manifest["world"]["size"],
+                 "--seed", str(manifest["world"]["seed"])]) == 0
+    for name, entry in manifest["profiles"].items():
+        task, cfg = entry["task"], entry["training_config"]
+        out = tmp_path / f"{name}.safetensors"
+        args = ["train", "--world", str(world), "--task", task, "--out", str(out), "--profile", profile_name(task),
+                "--no-progress"]
+        for field in dataclasses.fields(SpulConfig):  # every hyper-parameter the prompt was trained with
+            value = cfg.get(field.name)
+            if value is not None and value != []:
+                value = ",".join(value) if isinstance(value, list) else value
+                args += [f"--{field.name.replace('_', '-')}", str(value)]
+        assert main(args) == 0
+        from prompts_store import load_artifact
+
+        rebuilt = load_artifact(out).meta.eval_metrics
+        for method in ("original", "spul"):
+            for split in SPLITS:
+                assert rebuilt[method][split]["accuracy"] == pytest.approx(
+                    entry["eval_metrics"][method][split]["accuracy"], abs=0.02), (name, method, split)

@@ -1,0 +1,98 @@
+"""Ship the reference world's base model and demo profiles inside the package, and check them.
+
+The default world takes many minutes to build on 2 cores, so `spul serve` on a fresh clone
+uses files shipped in `spul/reference/` instead:
+
+    spul/reference/model/                      the world's base model (HF dir, safetensors)
+    spul/reference/profiles/<task>-forget.safetensors   SPUL prompts trained with `spul train`
+    spul/reference/manifest.json               how they were made, and what they must measure
+
+The manifest records the sha256 of every data split (regenerated from the seed, no training
+needed) and the metrics of every shipped prompt, so a test can check, metric for metric, that
+the shipped files still match what `spul world build` + `spul train` produce.
+
+    python -m trainer.reference --world WORLD --profile sentiment=S.safetensors \
+        --profile qa=Q.safetensors --out spul/reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def profile_name(task: str) -> str:
+    return f"{task}-forget"
+
+
+def split_digests(world_dir: Path) -> dict[str, dict[str, str]]:
+    """sha256 of every data/<task>/<split>.jsonl of a world directory."""
+    out: dict[str, dict[str, str]] = {}
+    for path in sorted((world_dir / "data").glob("*/*.jsonl")):
+        out.setdefault(path.parent.name, {})[path.stem] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def regenerated_data(size: str, seed: int, out: Path) -> Path:
+    """Write a world's splits again from its seed (no model training): the data half of a rebuild."""
+    from trainer.world import generate, spec_for, write_splits
+
+    write_splits(out, generate(spec_for(size), seed).splits)
+    return out
+
+
+def ship(world_dir: Path, artifacts: dict[str, Path], out: Path) -> dict[str, Any]:
+    """Copy the world's model and the given prompts (task -> artifact) into `out`, with a manifest."""
+    from prompts_store import load_artifact
+
+    world = json.loads((world_dir / "world.json").read_text())
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".ship-"))
+    (staging / "model").mkdir()
+    for name in MODEL_FILES:
+        if (world_dir / "model" / name).is_file():
+            shutil.copy2(world_dir / "model" / name, staging / "model" / name)
+    (staging / "profiles").mkdir()
+    profiles = {}
+    for task, path in sorted(artifacts.items()):
+        art = load_artifact(path)
+        shutil.copy2(path, staging / "profiles" / f"{profile_name(task)}.safetensors")
+        profiles[profile_name(task)] = {"task": task, "sha256": art.sha256,
+                                        "training_config": art.meta.training_config,
+                                        "eval_metrics": art.meta.eval_metrics}
+    manifest = {
+        "world": {"size": world["size"], "seed": world["seed"], "build_seconds": world.get("build_seconds"),
+                  "spec": world.get("spec"), "forget_entities": world["forget_entities"]},
+        "data_sha256": split_digests(world_dir),
+        "base_metrics": world.get("base_metrics", {}),
+        "profiles": profiles,
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)  # the package never holds half a reference
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ship a world's model and SPUL prompts as the reference")
+    parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument("--profile", action="append", default=[], metavar="TASK=FILE",
+                        help="a trained prompt for a task, e.g. qa=qa.safetensors (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "spul" / "reference")
+    args = parser.parse_args(argv)
+    artifacts = dict(item.split("=", 1) for item in args.profile)
+    manifest = ship(args.world, {t: Path(p) for t, p in artifacts.items()}, args.out)
+    print(json.dumps({k: manifest[k] for k in ("world", "profiles")}, indent=1)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
