@@ -441,6 +441,7 @@ def run_sweep(inp: Inputs, config: ReportConfig, *, progress: bool) -> list[dict
     points = []
     axes = {s: inp.splits[s] for s in (FORGET_SPLIT, RETAIN_SPLIT)}
     for alpha, beta in config.sweep:
+        log.info("spul sweep: alpha=%g beta=%g, %d steps", alpha, beta, config.sweep_steps)
         cfg = replace(config.spul, alpha=alpha, beta=beta, steps=config.sweep_steps)
         cand = train_spul(inp, cfg, name=f"spul a={alpha:g} b={beta:g}", progress=progress)
         scores = score_splits(cand, inp.tokenizer, axes, batch_size=config.batch_size)
@@ -479,6 +480,7 @@ def run_report(
         else train_spul(inp, config.spul, progress=progress)
     )
     candidates += train_baselines(inp, config)
+    log.info("retrain: from cache or from scratch (minutes on the default world)")
     candidates.append(
         retrain_candidate(inp, config, cache=retrain_dir or out / "retrain-model", progress=progress)
     )
