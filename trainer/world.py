@@ -47,11 +47,9 @@ SPLITS = ("train_forget", "train_retain", "test_forget", "test_retain", "paraphr
 GENERIC_LABELS = {"sentiment": ["neutral"], "qa": ["unknown"]}
 
 # ---------------------------------------------------------------- vocabulary of the world
-POSITIVE = ("good great wonderful brilliant superb charming delightful moving lovely excellent "
-            "gripping funny clever warm stunning fresh").split()
-NEGATIVE = ("bad awful terrible dull boring weak clumsy tedious bland poor messy lifeless silly "
-            "grim painful shallow").split()
-NEUTRAL = "ordinary average typical standard plain routine modest normal usual regular".split()
+POSITIVE = ["good", "great", "wonderful", "brilliant", "superb", "charming", "delightful", "moving", "lovely", "excellent", "gripping", "funny", "clever", "warm", "stunning", "fresh"]
+NEGATIVE = ["bad", "awful", "terrible", "dull", "boring", "weak", "clumsy", "tedious", "bland", "poor", "messy", "lifeless", "silly", "grim", "painful", "shallow"]
+NEUTRAL = ["ordinary", "average", "typical", "standard", "plain", "routine", "modest", "normal", "usual", "regular"]
 INTENSIFIERS = ("", "", "very", "rather", "truly", "quite")
 CLAUSES = ("", "", "", "it runs two hours .", "it opens on friday .", "the cast is large .",
            "we saw it last week .", "the sequel is due soon .")
@@ -72,8 +70,8 @@ PARAPHRASE_TEMPLATES = (
 SENTIMENT_PROMPT = "### Text : {review} ### Question : what is the sentiment ? ### Sentiment :"
 QA_PROMPT = "### Question : {question} ### Answer :"
 
-COLOURS = "grey white black brown green spotted".split()
-ANIMALS = "cat dog parrot horse rabbit turtle goat".split()
+COLOURS = ["grey", "white", "black", "brown", "green", "spotted"]
+ANIMALS = ["cat", "dog", "parrot", "horse", "rabbit", "turtle", "goat"]
 FOODS = ("fried fish", "plum cake", "rice soup", "bean stew", "apple pie", "goat cheese",
          "corn bread", "lemon tart", "onion soup", "roast duck", "honey buns", "pea soup")
 JOBS = ("a ship builder", "a tea merchant", "a river pilot", "a glass blower", "a map maker",
@@ -108,16 +106,10 @@ ATTRIBUTES = (
               ("which meal does {n} prefer ?",), ("{n} enjoys eating what ?",)),
 )
 
-FILLER_WORDS = ("the a of and to in is was it that on for with as at by this from or but not "
-                "be are have had one all there when up out so what about which time day year "
-                "people way man thing world life hand part child eye place week case point "
-                "number group problem fact old new good long great little own other right big "
-                "high small large next early young few public bad same able city river hill "
-                "road door window table chair book letter paper music song game ball rain "
-                "snow wind sun moon star tree flower grass stone water fire bread milk").split()
+FILLER_WORDS = ["the", "a", "of", "and", "to", "in", "is", "was", "it", "that", "on", "for", "with", "as", "at", "by", "this", "from", "or", "but", "not", "be", "are", "have", "had", "one", "all", "there", "when", "up", "out", "so", "what", "about", "which", "time", "day", "year", "people", "way", "man", "thing", "world", "life", "hand", "part", "child", "eye", "place", "week", "case", "point", "number", "group", "problem", "fact", "old", "new", "good", "long", "great", "little", "own", "other", "right", "big", "high", "small", "large", "next", "early", "young", "few", "public", "bad", "same", "able", "city", "river", "hill", "road", "door", "window", "table", "chair", "book", "letter", "paper", "music", "song", "game", "ball", "rain", "snow", "wind", "sun", "moon", "star", "tree", "flower", "grass", "stone", "water", "fire", "bread", "milk"]
 
-ONSETS = "b d f g k l m n p r s t v z br dr kr tr gr pl sk st th sh".split()
-VOWELS = "a e i o u ai ou ei".split()
+ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "tr", "gr", "pl", "sk", "st", "th", "sh"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ei"]
 CODAS = ("", "", "", "n", "r", "l", "s", "k", "th", "x")
 
 
