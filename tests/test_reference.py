@@ -66,7 +66,7 @@ def test_shipped_prompts_reproduce_their_metrics(manifest, data_dir, task):
 
     base = load_base_model(REFERENCE_DIR / "model", device="cpu")
     art = load_artifact(REFERENCE_DIR / "profiles" / f"{profile_name(task)}.safetensors")
-    splits = {s: read_jsonl(data_dir / task / f"{s}.jsonl") for s in SPLITS}
+    splits = {s: read_jsonl(data_dir / "data" / task / f"{s}.jsonl") for s in SPLITS}
     got = evaluate_splits(base.model, base.tokenizer, splits, {"original": None, "spul": art.embeddings})
     want = manifest["profiles"][profile_name(task)]["eval_metrics"]
     for method in ("original", "spul"):

@@ -78,6 +78,8 @@ def ship(world_dir: Path, artifacts: dict[str, Path], out: Path) -> dict[str, An
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)  # the package never holds half a reference
+    for path in [out, *out.rglob("*")]:  # mkdtemp and atomic writes make 0700/0600; ship readable files
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return manifest
 
 
