@@ -64,7 +64,7 @@ class Engine:
 
     def _prefill_cached(self, rows: list[PrefillRow]) -> tuple[torch.Tensor, KVBatch]:
         """Prefix K/V from the cache (computed once per version), then only the queries."""
-        past = concat_batches([self._prefix(row) for row in rows])  # (B, kvh, Pmax, hd)
+        past = concat_batches(self._prefixes(rows))  # (B, kvh, Pmax, hd)
         parts = []
         for row in rows:
             ids = torch.tensor(row.token_ids, dtype=torch.long, device=self.device)  # (T,)
@@ -74,18 +74,26 @@ class Engine:
         positions = position_ids_from_mask(mask)[:, past.length :]  # (B, T)
         return self._forward(embeds, mask, positions, past)
 
-    def _prefix(self, row: PrefillRow) -> KVBatch:
-        cached = self.prefix_cache.get(row.prompt_key)
-        if cached is not None:
-            return cached
-        prompt = row.prompt[None]  # (1, P, H)
-        mask = torch.ones(1, prompt.shape[1], dtype=torch.long, device=self.device)
-        out = self.model(
-            inputs_embeds=prompt, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True
-        )
-        entry = KVBatch.from_cache(out.cache, mask)
-        self.prefix_cache.put(row.prompt_key, entry)
-        return entry
+    def _prefixes(self, rows: list[PrefillRow]) -> list[KVBatch]:
+        """Each row's prompt K/V: from the cache, else computed -- all misses in one forward pass.
+
+        With many profiles and spread traffic most rows miss; one batched pass over the missing
+        prompts (left-padded, positions from the mask) costs far less than one pass per prompt.
+        """
+        found = {row.prompt_key: self.prefix_cache.get(row.prompt_key) for row in rows}
+        missing = {row.prompt_key: row.prompt for row in rows if found[row.prompt_key] is None}
+        if missing:
+            keys = list(missing)
+            prompts = [(missing[k], torch.ones(missing[k].shape[0], dtype=torch.long, device=self.device))
+                       for k in keys]
+            embeds, mask = _left_pad_rows(prompts)  # (M, Pmax, H), (M, Pmax)
+            out = self.model(inputs_embeds=embeds, attention_mask=mask,
+                             position_ids=position_ids_from_mask(mask), use_cache=True)
+            computed = KVBatch.from_cache(out.cache, mask)
+            for i, key in enumerate(keys):
+                found[key] = computed.select([i])  # drops this row's pad columns: exactly its P positions
+                self.prefix_cache.put(key, found[key])
+        return [found[row.prompt_key] for row in rows]
 
     def _forward(
         self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, past: KVBatch | None

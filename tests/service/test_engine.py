@@ -133,3 +133,24 @@ def test_kvbatch_select_trims_unused_leading_columns():
     both = concat_batches([short, long])
     assert both.length == 5 and both.mask[0].tolist() == [0, 0, 0, 1, 1]
     assert both.select([0]).length == 2
+
+
+def test_prefix_misses_of_different_lengths_are_computed_in_one_pass(tiny_model, rows, expected):
+    """A cold cache: both prompts (P=3, P=7) miss in the same prefill and share one forward."""
+    model = tiny_model[0]
+    engine = Engine(model, prefix_cache_bytes=1 << 24)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(1), with_kwargs=True)
+    try:
+        engine.prefill(rows)
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # one pass for all missing prefixes, one for the queries
+    cold = Engine(model, prefix_cache_bytes=1 << 24)
+    assert run_engine(cold, rows, STEPS) == expected
+    for row in rows:  # each cached entry holds exactly its own P positions, as if computed alone
+        entry = engine.prefix_cache.get(row.prompt_key)
+        alone = Engine(model, prefix_cache_bytes=1 << 24)._prefixes([row])[0]
+        assert entry.length == row.prompt.shape[0]
+        for got, want in zip(entry.keys, alone.keys):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
