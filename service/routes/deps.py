@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -100,8 +101,13 @@ def start_generation(
         return request, runtime.scheduler.submit(request)
 
 
-async def collect(stream: RequestStream) -> tuple[str, TokenEvent]:
-    """Run a request to the end; returns its text and final event (cancels it if we are cancelled)."""
+async def collect(stream: RequestStream, http_request: Request | None = None) -> tuple[str, TokenEvent]:
+    """Run a request to the end; returns its text and final event.
+
+    The request is cancelled (its batch slot freed) if this handler is cancelled or, given
+    `http_request`, as soon as the client disconnects while it waits for the whole answer.
+    """
+    watcher = asyncio.create_task(_cancel_on_disconnect(http_request, stream)) if http_request else None
     parts: list[str] = []
     try:
         async for event in stream:
@@ -110,8 +116,16 @@ async def collect(stream: RequestStream) -> tuple[str, TokenEvent]:
                 check_final(event)
                 return "".join(parts), event
     finally:
-        stream.cancel()  # no-op once finished; frees the slot if this handler was cancelled
+        stream.cancel()  # no-op once finished
+        if watcher is not None:
+            watcher.cancel()
     raise HTTPException(500, "generation ended without a final event")
+
+
+async def _cancel_on_disconnect(http_request: Request, stream: RequestStream, period_s: float = 0.25) -> None:
+    while not await http_request.is_disconnected():
+        await asyncio.sleep(period_s)
+    stream.cancel()
 
 
 def check_final(event: TokenEvent) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from service.routes.deps import RuntimeDep, collect, sse, start_generation
@@ -16,7 +16,9 @@ router = APIRouter(tags=["generate"])
 
 
 @router.post("/v1/generate", response_model=GenerateResponse)
-async def generate(body: GenerateRequest, runtime: RuntimeDep) -> GenerateResponse | StreamingResponse:
+async def generate(
+    body: GenerateRequest, runtime: RuntimeDep, http_request: Request
+) -> GenerateResponse | StreamingResponse:
     request, stream = start_generation(
         runtime,
         profile=body.profile,
@@ -27,7 +29,7 @@ async def generate(body: GenerateRequest, runtime: RuntimeDep) -> GenerateRespon
     )
     if body.stream:
         return StreamingResponse(sse(_events(request, stream), stream), media_type="text/event-stream")
-    text, final = await collect(stream)
+    text, final = await collect(stream, http_request)
     return GenerateResponse(
         text=text,
         profile=request.handle.profile,

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from service.policy import chat_text
@@ -35,17 +35,17 @@ def list_models(runtime: RuntimeDep) -> dict[str, Any]:
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, runtime: RuntimeDep) -> Any:
+async def completions(body: CompletionRequest, runtime: RuntimeDep, http_request: Request) -> Any:
     request, stream = _start(runtime, body, body.prompt, body.max_tokens)
     reply = _Reply("cmpl", "text_completion", request)
     if body.stream:
         return _stream(reply.completion_chunks(stream), stream)
-    text, final = await collect(stream)
+    text, final = await collect(stream, http_request)
     return reply.completion(text, final)
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep) -> Any:
+async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep, http_request: Request) -> Any:
     if not runtime.has_chat_template:
         raise HTTPException(400, "this model's tokenizer has no chat template; use /v1/completions")
     text = chat_text(runtime.tokenizer, [m.model_dump() for m in body.messages])
@@ -53,7 +53,7 @@ async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep) -> 
     reply = _Reply("chatcmpl", "chat.completion", request)
     if body.stream:
         return _stream(reply.chat_chunks(stream), stream)
-    text, final = await collect(stream)
+    text, final = await collect(stream, http_request)
     return reply.chat(text, final)
 
 

@@ -141,6 +141,21 @@ def test_client_disconnect_mid_stream_frees_the_batch_slot(live):
     assert cancelled and cancelled[0].value == 1.0
 
 
+def test_client_disconnect_during_a_non_streamed_request_frees_the_batch_slot(live):
+    server = live(max_batch_size=1, max_new_tokens=100_000)
+    body = {"profile": "alpha", "prompt": QUERIES[0], "max_new_tokens": 100_000}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(server.url + "/v1/generate", json=body, timeout=1.0)
+    # the only slot was held by the abandoned request; this one can only finish if it was freed
+    done = httpx.post(server.url + "/v1/generate", json={"profile": "beta", "prompt": QUERIES[1],
+                                                         "max_new_tokens": 3}, timeout=30)
+    assert done.status_code == 200
+    text = httpx.get(server.url + "/metrics").text
+    cancelled = [s for f in text_string_to_metric_families(text) for s in f.samples
+                 if s.name == "spul_requests_total" and s.labels["finish_reason"] == "cancelled"]
+    assert cancelled and cancelled[0].value == 1.0
+
+
 def test_changes_by_another_process_are_picked_up_by_polling(live, store_dir, tiny_model):
     server = live(store_poll_s=0.1)
     model, tokenizer = tiny_model
