@@ -139,3 +139,15 @@ def test_health_ready_and_metrics(client):
     for name in ("spul_time_to_first_token_seconds", "spul_e2e_request_latency_seconds", "spul_prefill_seconds"):
         count = [s for s in families[name].samples if s.name == name + "_count"][0]
         assert count.value >= 1
+
+
+def test_readyz_fails_when_the_engine_thread_has_stopped(client):
+    assert client.get("/readyz").status_code == 200
+    scheduler = client.app.state.runtime.scheduler
+    scheduler._abort = True  # what shutdown does: the engine thread leaves its loop
+    with scheduler._cond:
+        scheduler._cond.notify_all()
+    scheduler._thread.join(timeout=10)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "engine thread" in response.json()["error"]
