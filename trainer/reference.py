@@ -75,9 +75,13 @@ def ship(world_dir: Path, artifacts: dict[str, Path], out: Path) -> dict[str, An
         "profiles": profiles,
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    # swap by renames: at every moment `out` is the old reference or the new one, never half of one
+    old = out.with_name(f".old-{out.name}")
     if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)  # the package never holds half a reference
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     for path in [out, *out.rglob("*")]:  # mkdtemp and atomic writes make 0700/0600; ship readable files
         path.chmod(0o755 if path.is_dir() else 0o644)
     return manifest
