@@ -68,7 +68,7 @@ def prepare_model(name: str, *, workdir: Path) -> BenchModel:
 
 def find_reference_model() -> Path:
     """The shipped reference model directory (any dir under spul/reference with a config.json)."""
-    from spul import REFERENCE_DIR
+    from spul.assets import REFERENCE_DIR
 
     candidates = (
         sorted(p.parent for p in REFERENCE_DIR.glob("**/config.json")) if REFERENCE_DIR.is_dir() else []
@@ -87,7 +87,7 @@ def build_speed_model(out: Path, *, hidden: int = 768, layers: int = 12, heads: 
         return out  # built earlier in this work directory
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainer.tokenizer import build_word_tokenizer, max_token_id
+    from spul.trainer.tokenizer import build_word_tokenizer, max_token_id
 
     tokenizer = build_word_tokenizer(query_texts())
     filler = [f"w{i}" for i in range(SPEED_VOCAB - len(tokenizer.get_vocab()))]
@@ -140,7 +140,7 @@ def write_profiles(
     """Publish `count` random profiles (P cycling through `lengths`) for the model; returns their ids."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prompts_store import PromptStore, artifact_bytes, model_fingerprint
+    from spul.prompts_store import PromptStore, artifact_bytes, model_fingerprint
 
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from prompts_store import PromptStore, model_fingerprint, prepend_prompt
+from spul.prompts_store import PromptStore, model_fingerprint, prepend_prompt
 
 log = logging.getLogger(__name__)
 

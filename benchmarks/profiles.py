@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.loadgen import Workload, run_load
-from benchmarks.models import BenchModel, query_texts, write_profiles
-from benchmarks.servers import RunningServer, running, server_pid_rss, spul_server
+from spul.benchmarks.loadgen import Workload, run_load
+from spul.benchmarks.models import BenchModel, query_texts, write_profiles
+from spul.benchmarks.servers import RunningServer, running, server_pid_rss, spul_server
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def run_many_profiles(
 
 def _ensure_store(root: Path, model: BenchModel, count: int) -> list[str]:
     """The store of `count` P=30 profiles, reused when a kept --workdir already holds exactly them."""
-    from prompts_store import PromptStore
+    from spul.prompts_store import PromptStore
 
     if root.is_dir():
         existing = PromptStore(root).profiles()

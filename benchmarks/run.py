@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.models import prepare_model, write_profiles
-from benchmarks.report import git_revision, machine_info, markdown, targets
-from benchmarks.servers import thread_env
-from benchmarks.serving import SYSTEMS, ServingConfig, run_serving
+from spul.benchmarks.models import prepare_model, write_profiles
+from spul.benchmarks.report import git_revision, machine_info, markdown, targets
+from spul.benchmarks.servers import thread_env
+from spul.benchmarks.serving import SYSTEMS, ServingConfig, run_serving
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,11 @@ def _run_in(options: BenchOptions, workdir: Path) -> dict:
         )
         report["results"] = run_serving(config)
     if "train_step" in options.suites:
-        from benchmarks.train_step import run_train_step
+        from spul.benchmarks.train_step import run_train_step
 
         report["train_step"] = run_train_step(model.path)
     if "profiles" in options.suites:
-        from benchmarks.profiles import run_many_profiles
+        from spul.benchmarks.profiles import run_many_profiles
 
         report["many_profiles"] = run_many_profiles(
             model,
@@ -99,7 +99,7 @@ def _run_in(options: BenchOptions, workdir: Path) -> dict:
 
 
 def _settings(options: BenchOptions) -> dict:
-    from benchmarks.serving import NO_CACHE_ENV, SERVER_ENV
+    from spul.benchmarks.serving import NO_CACHE_ENV, SERVER_ENV
 
     out = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(options).items()}
     out["workdir"] = str(options.workdir) if options.workdir else None

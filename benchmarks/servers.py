@@ -66,7 +66,7 @@ def naive_server(model: Path, store: Path, *, env: dict[str, str] | None = None)
         sys.executable,
         "-m",
         "uvicorn",
-        "benchmarks.naive_server:create_app",
+        "spul.benchmarks.naive_server:create_app",
         "--factory",
         "--host",
         HOST,

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.loadgen import Workload, run_load
-from benchmarks.models import BenchModel, query_texts
-from benchmarks.servers import RunningServer, ServerSpec, naive_server, running, spul_server
+from spul.benchmarks.loadgen import Workload, run_load
+from spul.benchmarks.models import BenchModel, query_texts
+from spul.benchmarks.servers import RunningServer, ServerSpec, naive_server, running, spul_server
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ of the profiles, re-activates old ones and deletes stale ones. Counted: every re
 not finish normally. Sampled: the server's resident memory, whose slope (least squares after a
 warm-up) says whether memory is flat.
 
-    nice python -m benchmarks.soak --minutes 10 --json soak.json
-    nice python -m benchmarks.soak --minutes 3 --model tiny --json soak.json
+    nice python -m spul.benchmarks.soak --minutes 10 --json soak.json
+    nice python -m spul.benchmarks.soak --minutes 3 --model tiny --json soak.json
 
 Every loop is bounded by the deadline; the server is a real process on 127.0.0.1.
 """
@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx
 import torch
 
-from benchmarks.models import build_speed_model, prepare_model, query_texts, write_profiles
-from benchmarks.report import git_revision, machine_info
-from benchmarks.servers import RunningServer, running, server_pid_rss, spul_server, thread_env
+from spul.benchmarks.models import build_speed_model, prepare_model, query_texts, write_profiles
+from spul.benchmarks.report import git_revision, machine_info
+from spul.benchmarks.servers import RunningServer, running, server_pid_rss, spul_server, thread_env
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def artifact_maker(model_path: Path):
     """A function (profile, seed) -> artifact bytes for this model (random prompt, right fingerprint)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prompts_store import artifact_bytes, model_fingerprint
+    from spul.prompts_store import artifact_bytes, model_fingerprint
 
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.models import query_texts
+from spul.benchmarks.models import query_texts
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def run_train_step(model_path: Path, *, batch_size: int = 32, steps: int = 5, wa
     """
     from transformers import AutoTokenizer
 
-    from trainer.data import encode_batch
+    from spul.trainer.data import encode_batch
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     texts = query_texts()
@@ -69,7 +69,7 @@ def _load(model_path: Path):
 
 def _spul_step(beta: float) -> Callable:
     def make(model, batch, n_forget: int) -> Callable[[], None]:
-        from trainer.spul import PromptEncoder, spul_loss
+        from spul.trainer.spul import PromptEncoder, spul_loss
 
         hidden = int(model.get_input_embeddings().weight.shape[1])
         encoder = PromptEncoder(NUM_VIRTUAL_TOKENS, hidden, ENCODER_HIDDEN).train()

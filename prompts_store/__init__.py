@@ -3,7 +3,7 @@
 Both the trainer and the service depend on this package; it depends on neither.
 """
 
-from prompts_store.artifact import (
+from spul.prompts_store.artifact import (
     FORMAT_VERSION,
     ArtifactError,
     ArtifactMeta,
@@ -12,9 +12,9 @@ from prompts_store.artifact import (
     load_artifact,
     save_artifact,
 )
-from prompts_store.fingerprint import model_fingerprint
-from prompts_store.prepend import position_ids_from_mask, prepend_prompt
-from prompts_store.store import (
+from spul.prompts_store.fingerprint import model_fingerprint
+from spul.prompts_store.prepend import position_ids_from_mask, prepend_prompt
+from spul.prompts_store.store import (
     InvalidProfileId,
     ProfileInfo,
     ProfileNotFound,

@@ -142,7 +142,7 @@ def artifact_bytes(
 
 def save_artifact(path: str | Path, embeddings: torch.Tensor, **meta: Any) -> str:
     """Write an artifact to `path` atomically; returns its sha256 (content address)."""
-    from prompts_store.atomic import atomic_write_bytes
+    from spul.prompts_store.atomic import atomic_write_bytes
 
     data = artifact_bytes(embeddings, **meta)
     atomic_write_bytes(Path(path), data)

@@ -24,8 +24,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prompts_store.artifact import DEFAULT_MAX_BYTES, PromptArtifact, load_artifact
-from prompts_store.atomic import atomic_write_bytes, fsync_dir, link_exclusive, write_temp
+from spul.prompts_store.artifact import DEFAULT_MAX_BYTES, PromptArtifact, load_artifact
+from spul.prompts_store.atomic import atomic_write_bytes, fsync_dir, link_exclusive, write_temp
 
 PROFILE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VERSION_RE = re.compile(r"^v(\d{6})\.safetensors$")

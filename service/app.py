@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.metrics import Metrics
-from service.routes import admin, generate, health, openai
-from service.routes.deps import http_exception_handler
-from service.runtime import Runtime, build_runtime
-from service.settings import Settings
+from spul.service.metrics import Metrics
+from spul.service.routes import admin, generate, health, openai
+from spul.service.routes.deps import http_exception_handler
+from spul.service.runtime import Runtime, build_runtime
+from spul.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ async def _load(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     try:
         runtime = await asyncio.to_thread(build_runtime, settings, app.state.metrics)
-    except Exception as err:  # noqa: BLE001 - any failure leaves the server un-ready, with the reason
+    except Exception as err:
         log.exception("start-up failed")
         app.state.load_error = str(err)
         if app.state.exit_on_load_failure:
@@ -78,5 +78,5 @@ async def _poll_store(runtime: Runtime, every_s: float) -> None:
         try:
             if await asyncio.to_thread(runtime.registry.refresh_if_changed):
                 log.info("store changed: %d profiles active", len(runtime.registry.loaded()))
-        except Exception:  # noqa: BLE001 - a transient disk error must not stop polling
+        except Exception:
             log.exception("store poll failed")

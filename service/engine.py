@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from prompts_store import position_ids_from_mask, prepend_prompt
-from service.kvcache import KVBatch, PrefixCache, concat_batches
+from spul.prompts_store import position_ids_from_mask, prepend_prompt
+from spul.service.kvcache import KVBatch, PrefixCache, concat_batches
 
 log = logging.getLogger(__name__)
 

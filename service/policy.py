@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.registry import PromptHandle, PromptRegistry
-from service.settings import Settings
+from spul.service.registry import PromptHandle, PromptRegistry
+from spul.service.settings import Settings
 
 
 class ProfileRequired(ValueError):

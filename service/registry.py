@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prompts_store import (
+from spul.prompts_store import (
     ArtifactError,
     ProfileNotFound,
     PromptStore,

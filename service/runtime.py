@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
-from prompts_store import ArtifactError, PromptStore, model_fingerprint
-from service.engine import Engine
-from service.metrics import Metrics
-from service.registry import ModelIdentity, PromptRegistry
-from service.scheduler import Scheduler
-from service.settings import Settings
+from spul.models import ModelLoadError, load_base_model, pick_device, serving_dtype
+from spul.prompts_store import ArtifactError, PromptStore, model_fingerprint
+from spul.service.engine import Engine
+from spul.service.metrics import Metrics
+from spul.service.registry import ModelIdentity, PromptRegistry
+from spul.service.scheduler import Scheduler
+from spul.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,35 +41,9 @@ class Runtime:
 
 
 def reference_paths() -> tuple[Path, Path]:
-    from spul import REFERENCE_DIR
+    from spul.assets import REFERENCE_DIR
 
     return REFERENCE_DIR / "model", REFERENCE_DIR / "profiles"
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise StartupError("SPUL_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, setting)
-
-
-def load_model(name: str, *, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
-    except OSError as err:
-        raise StartupError(f"cannot load model {name!r}: {err}") from err
-    model.requires_grad_(False)
-    return model, tokenizer
 
 
 def seed_reference_profiles(store: PromptStore, profiles_dir: Path) -> None:
@@ -98,12 +73,16 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
             )
         model_name = str(model_dir)
         seed_reference_profiles(store, profiles_dir)
-    device = resolve_device(settings.device)
-    model, tokenizer = load_model(model_name, device=device, dtype=resolve_dtype(settings.dtype, device))
+    try:
+        device = pick_device(settings.device)
+        base = load_base_model(model_name, device=device, dtype=serving_dtype(settings.dtype, device))
+    except ModelLoadError as err:
+        raise StartupError(str(err)) from err
+    model, tokenizer = base.model, base.tokenizer
     engine = Engine(model, prefix_cache_bytes=settings.prefix_cache_bytes)
     identity = ModelIdentity(
         fingerprint=model_fingerprint(model, tokenizer),
-        hidden_size=int(model.config.hidden_size),
+        hidden_size=base.hidden_size,  # the input embedding's width (multimodal configs nest hidden_size)
         device=engine.device,
         dtype=engine.dtype,
     )

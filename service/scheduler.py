@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from service.engine import Engine, PrefillRow
-from service.kvcache import KVBatch, concat_batches
-from service.metrics import Metrics
-from service.registry import PromptHandle
-from service.sampling import SamplingParams, make_generator, sample
-from service.textstream import TextTracker
+from spul.service.engine import Engine, PrefillRow
+from spul.service.kvcache import KVBatch, concat_batches
+from spul.service.metrics import Metrics
+from spul.service.registry import PromptHandle
+from spul.service.sampling import SamplingParams, make_generator, sample
+from spul.service.textstream import TextTracker
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"spul.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"spul.commands.{name}":
-                continue  # command not part of this build
-            raise
-        module.register(sub)
+        importlib.import_module(f"spul.commands.{name}").register(sub)
     return parser
 
 
@@ -43,17 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from prompts_store import ArtifactError, StoreError
+    from spul.errors import UserError
+    from spul.prompts_store import ArtifactError, StoreError
 
     try:
         return int(args.func(args) or 0)
     except (UserError, ArtifactError, StoreError) as err:
         print(f"spul {args.command}: error: {err}", file=sys.stderr)
         return 2
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad path, bad input); printed as one line, exit code 2."""
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tinymodel import TINY_TEXTS, make_tiny_model  # noqa: F401  (re-exported for fixtures)
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from support.tinymodel import TINY_TEXTS, make_tiny_model  # noqa: F401  (re-exported for fixtures)
 
 torch.set_num_threads(2)
 

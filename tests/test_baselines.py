@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.baselines import METHODS, BaselineConfig, search_lr, unlearn
-from trainer.data import Row
-from trainer.robustness import (
+from spul.trainer.baselines import METHODS, BaselineConfig, search_lr, unlearn
+from spul.trainer.data import Row
+from spul.trainer.robustness import (
     IculDoesNotFit,
     answer_logprobs,
     icul_context,

@@ -9,8 +9,8 @@ import math
 import httpx
 import pytest
 
-from benchmarks.loadgen import Workload, completion_tokens, parse_event, percentile, run_load
-from benchmarks.report import targets
+from spul.benchmarks.loadgen import Workload, completion_tokens, parse_event, percentile, run_load
+from spul.benchmarks.report import targets
 from spul.cli import main
 
 RESULT_KEYS = {"system", "clients", "tokens_per_s", "p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms"}

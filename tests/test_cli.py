@@ -7,14 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as st_save
 
-from fake_world import write_fake_world
-from prompts_store import PromptStore
-from prompts_store.artifact import TENSOR_NAME, ArtifactMeta, tensor_digest
 from spul.cli import main
+from spul.prompts_store import PromptStore
+from spul.prompts_store.artifact import TENSOR_NAME, ArtifactMeta, tensor_digest
+from support.fake_world import write_fake_world
 
 SPLITS4 = ["train_forget", "train_retain", "test_forget", "test_retain"]
 
@@ -86,10 +85,10 @@ def test_eval_without_prompt_scores_the_original_only(world, tmp_path):
 
 
 def test_world_build_calls_the_builder(monkeypatch, tmp_path, capsys):
-    import trainer.world
+    import spul.trainer.world as world_module
 
     calls = []
-    monkeypatch.setattr(trainer.world, "build_world", lambda out, **kw: calls.append((out, kw)) or out)
+    monkeypatch.setattr(world_module, "build_world", lambda out, **kw: calls.append((out, kw)) or out)
     assert main(["world", "build", "--out", str(tmp_path / "w"), "--size", "small", "--seed", "3"]) == 0
     assert calls == [(tmp_path / "w", {"size": "small", "seed": 3, "progress": True})]
 

@@ -168,9 +168,9 @@ def test_grafana_provisioning_matches_the_dashboard(compose):
 
 # ---- dashboard vs the metrics the service exposes -------------------------------------------
 def exposed_series() -> set[str]:
-    """Every series name the service can expose, from service.metrics itself when it exists."""
+    """Every series name the service can expose, from spul.service.metrics itself when it exists."""
     if (REPO / "service" / "metrics.py").exists():
-        from service.metrics import Metrics
+        from spul.service.metrics import Metrics
 
         return series_names(Metrics().registry)
     # fallback for a checkout without the service: the contract as agreed

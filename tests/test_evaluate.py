@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from prompts_store import position_ids_from_mask, prepend_prompt
-from trainer.data import Row, encode_batch
-from trainer.evaluate import (
+from spul.prompts_store import position_ids_from_mask, prepend_prompt
+from spul.trainer.data import Row, encode_batch
+from spul.trainer.evaluate import (
     Generation,
     evaluate_splits,
     format_table,

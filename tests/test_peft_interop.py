@@ -10,16 +10,16 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prompts_store import (
+from spul.cli import main as spul_main
+from spul.models import load_base_model
+from spul.prompts_store import (
     PromptStore,
     load_artifact,
     model_fingerprint,
     position_ids_from_mask,
     prepend_prompt,
 )
-from spul.cli import main as spul_main
-from trainer.models import load_base_model
-from trainer.peft_interop import PeftInteropError, export_peft, import_peft, read_peft_prompt
+from spul.trainer.peft_interop import PeftInteropError, export_peft, import_peft, read_peft_prompt
 
 peft = pytest.importorskip("peft")
 
@@ -147,7 +147,7 @@ def test_export_loads_in_peft_with_identical_greedy_outputs(tiny_model_dir, base
     prompt = torch.randn(4, base.hidden_size, generator=torch.Generator().manual_seed(3)) * 2  # (P, H)
     fingerprint = model_fingerprint(base.model, base.tokenizer)
     path = tmp_path / "a.safetensors"
-    from prompts_store import save_artifact
+    from spul.prompts_store import save_artifact
 
     save_artifact(path, prompt, profile="exp", base_model=str(tiny_model_dir), base_fingerprint=fingerprint)
     out = export_peft(path, base=base, out_dir=tmp_path / "peft")
@@ -167,7 +167,7 @@ def test_export_loads_in_peft_with_identical_greedy_outputs(tiny_model_dir, base
 
 def test_export_refuses_artifact_of_another_model(tiny_model_dir, base, tmp_path):
     path = tmp_path / "a.safetensors"
-    from prompts_store import save_artifact
+    from spul.prompts_store import save_artifact
 
     save_artifact(
         path, torch.zeros(2, base.hidden_size), profile="x", base_model="other", base_fingerprint="sha256:0"

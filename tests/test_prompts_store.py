@@ -9,7 +9,7 @@ import struct
 import pytest
 import torch
 
-from prompts_store import (
+from spul.prompts_store import (
     ArtifactError,
     InvalidProfileId,
     ProfileNotFound,
@@ -23,7 +23,7 @@ from prompts_store import (
     save_artifact,
     validate_profile_id,
 )
-from prompts_store.artifact import TENSOR_NAME
+from spul.prompts_store.artifact import TENSOR_NAME
 
 FP = "sha256:" + "ab" * 32
 
@@ -141,7 +141,7 @@ def test_size_limit(tmp_path):
 
 # ---- fingerprint ------------------------------------------------------------------------
 def test_fingerprint_changes_with_weights_and_tokenizer(tiny_model):
-    from tinymodel import make_tiny_model
+    from support.tinymodel import make_tiny_model
 
     model, tokenizer = tiny_model
     fp = model_fingerprint(model, tokenizer)

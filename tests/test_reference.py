@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spul import REFERENCE_DIR
+from spul.assets import REFERENCE_DIR
 
 MANIFEST = REFERENCE_DIR / "manifest.json"
 SPLITS = ["train_forget", "train_retain", "test_forget", "test_retain"]
@@ -31,21 +31,21 @@ def manifest() -> dict:
 
 @pytest.fixture(scope="module")
 def data_dir(manifest, tmp_path_factory) -> Path:
-    from trainer.reference import regenerated_data
+    from spul.trainer.reference import regenerated_data
 
     world = manifest["world"]
     return regenerated_data(world["size"], world["seed"], tmp_path_factory.mktemp("ref-data"))
 
 
 def test_data_regenerates_byte_for_byte(manifest, data_dir):
-    from trainer.reference import split_digests
+    from spul.trainer.reference import split_digests
 
     assert split_digests(data_dir) == manifest["data_sha256"]
 
 
 def test_every_task_has_a_profile_for_the_shipped_model(manifest):
-    from prompts_store import load_artifact, model_fingerprint
-    from trainer.models import load_base_model
+    from spul.models import load_base_model
+    from spul.prompts_store import load_artifact, model_fingerprint
 
     base = load_base_model(REFERENCE_DIR / "model", device="cpu")
     fingerprint = model_fingerprint(base.model, base.tokenizer)
@@ -58,11 +58,11 @@ def test_every_task_has_a_profile_for_the_shipped_model(manifest):
 
 @pytest.mark.parametrize("task", ["sentiment", "qa"])
 def test_shipped_prompts_reproduce_their_metrics(manifest, data_dir, task):
-    from prompts_store import load_artifact
-    from trainer.data import read_jsonl
-    from trainer.evaluate import evaluate_splits
-    from trainer.models import load_base_model
-    from trainer.reference import profile_name
+    from spul.models import load_base_model
+    from spul.prompts_store import load_artifact
+    from spul.trainer.data import read_jsonl
+    from spul.trainer.evaluate import evaluate_splits
+    from spul.trainer.reference import profile_name
 
     base = load_base_model(REFERENCE_DIR / "model", device="cpu")
     art = load_artifact(REFERENCE_DIR / "profiles" / f"{profile_name(task)}.safetensors")
@@ -82,8 +82,8 @@ def test_full_rebuild_matches_the_manifest(manifest, tmp_path):
     import dataclasses
 
     from spul.cli import main
-    from trainer.reference import profile_name
-    from trainer.spul_config import SpulConfig
+    from spul.trainer.reference import profile_name
+    from spul.trainer.spul_config import SpulConfig
 
     world = tmp_path / "world"
     assert main(["world", "build", "--out", str(world), "--size", manifest["world"]["size"],
@@ -99,7 +99,7 @@ def test_full_rebuild_matches_the_manifest(manifest, tmp_path):
                 value = ",".join(value) if isinstance(value, list) else value
                 args += [f"--{field.name.replace('_', '-')}", str(value)]
         assert main(args) == 0
-        from prompts_store import load_artifact
+        from spul.prompts_store import load_artifact
 
         rebuilt = load_artifact(out).meta.eval_metrics
         for method in ("original", "spul"):

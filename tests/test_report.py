@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spul.cli import main
-from trainer.report import METHOD_ORDER, ReportConfig, load_inputs, retrain_candidate
+from spul.trainer.report import METHOD_ORDER, ReportConfig, load_inputs, retrain_candidate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SPLITS = ("train_forget", "train_retain", "test_forget", "test_retain", "paraphrase", "injection")
@@ -26,7 +26,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, one_thread):
-    from trainer.world import build_world
+    from spul.trainer.world import build_world
 
     out = build_world(tmp_path_factory.mktemp("world"), size="small", seed=0, progress=False)
     torch.set_num_threads(1)  # build_world sets the world's own thread count

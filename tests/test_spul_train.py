@@ -8,12 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fake_world import write_fake_world
-from prompts_store import PromptStore, artifact_bytes, model_fingerprint, position_ids_from_mask, prepend_prompt
-from trainer.data import Row, encode_batch, open_world
-from trainer.evaluate import predict
-from trainer.models import load_base_model
-from trainer.spul import PromptEncoder, SpulConfig, sample_batch, spul_loss, train_prompt
+from spul.models import load_base_model
+from spul.prompts_store import (
+    PromptStore,
+    artifact_bytes,
+    model_fingerprint,
+    position_ids_from_mask,
+    prepend_prompt,
+)
+from spul.trainer.data import Row, encode_batch, open_world
+from spul.trainer.evaluate import predict
+from spul.trainer.spul import PromptEncoder, SpulConfig, sample_batch, spul_loss, train_prompt
+from support.fake_world import write_fake_world
 
 FAST = dict(num_virtual_tokens=8, forget_per_batch=4, retain_per_batch=8, lr=1e-2)
 

@@ -9,16 +9,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainer.basemodel import CorpusRow, TrainConfig, mix_context
-from trainer.tokenizer import max_token_id, words
-from trainer.world import SPLITS, TASKS, generate, load_world, spec_for, write_splits
+from spul.trainer.basemodel import CorpusRow, TrainConfig, mix_context
+from spul.trainer.tokenizer import max_token_id, words
+from spul.trainer.world import SPLITS, TASKS, generate, load_world, spec_for, write_splits
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from trainer.world import build_world
+    from spul.trainer.world import build_world
 
     out = build_world(tmp_path_factory.mktemp("world"), size="small", seed=3, progress=False)
     return load_world(out)
@@ -146,7 +146,7 @@ def test_manifest_is_json_with_measured_base_metrics(world):
 
 
 def test_membership_drill_answers_yes_exactly_for_listed_names():
-    from trainer.basemodel import membership_drill
+    from spul.trainer.basemodel import membership_drill
 
     corpus = generate(spec_for("small"), 0).corpus
     rng = random.Random(2)

@@ -28,9 +28,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from prompts_store.prepend import IGNORE_INDEX
-from trainer.data import Row, encode_batch
-from trainer.robustness import answer_token_logits, row_answer_ce
+from spul.prompts_store.prepend import IGNORE_INDEX
+from spul.trainer.data import Row, encode_batch
+from spul.trainer.robustness import answer_token_logits, row_answer_ce
 
 log = logging.getLogger(__name__)
 

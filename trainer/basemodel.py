@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from trainer.tokenizer import max_token_id
+from spul.trainer.tokenizer import max_token_id
 
 log = logging.getLogger(__name__)
 

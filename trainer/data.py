@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from prompts_store.prepend import IGNORE_INDEX
+from spul.prompts_store.prepend import IGNORE_INDEX
 
 TASKS = ("sentiment", "qa")
 SPLITS = ("train_forget", "train_retain", "test_forget", "test_retain", "paraphrase")

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from prompts_store import position_ids_from_mask, prepend_prompt
-from trainer.data import Row, answer_ids, encode_batch
-from trainer.models import autocast
+from spul.models import autocast
+from spul.prompts_store import position_ids_from_mask, prepend_prompt
+from spul.trainer.data import Row, answer_ids, encode_batch
 
 NO_EOS = " <no-eos>"  # marks an answer cut off by the token budget: never equal to a gold label
 

@@ -24,8 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from prompts_store import ArtifactError, load_artifact, model_fingerprint, save_artifact
-from trainer.models import BaseModel, load_base_model
+from spul.models import BaseModel, load_base_model
+from spul.prompts_store import ArtifactError, load_artifact, model_fingerprint, save_artifact
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ def split_digests(world_dir: Path) -> dict[str, dict[str, str]]:
 
 def regenerated_data(size: str, seed: int, out: Path) -> Path:
     """Write a world's splits again from its seed (no model training): the data half of a rebuild."""
-    from trainer.world import generate, spec_for, write_splits
+    from spul.trainer.world import generate, spec_for, write_splits
 
     write_splits(out, generate(spec_for(size), seed).splits)
     return out
@@ -51,7 +51,7 @@ def regenerated_data(size: str, seed: int, out: Path) -> Path:
 
 def ship(world_dir: Path, artifacts: dict[str, Path], out: Path) -> dict[str, Any]:
     """Copy the world's model and the given prompts (task -> artifact) into `out`, with a manifest."""
-    from prompts_store import load_artifact
+    from spul.prompts_store import load_artifact
 
     world = json.loads((world_dir / "world.json").read_text())
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".ship-"))

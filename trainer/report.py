@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.baselines import METHODS as BASELINES
-from trainer.baselines import BaselineConfig, search_lr
-from trainer.data import Row, WorldData, open_world
-from trainer.evaluate import generate, score
-from trainer.robustness import (
+from spul.trainer.baselines import METHODS as BASELINES
+from spul.trainer.baselines import BaselineConfig, search_lr
+from spul.trainer.data import Row, WorldData, open_world
+from spul.trainer.evaluate import generate, score
+from spul.trainer.robustness import (
     IculDoesNotFit,
     answer_logprobs,
     icul_context,
@@ -46,7 +46,7 @@ from trainer.robustness import (
     mia_auc,
     nonmember_rows,
 )
-from trainer.spul import PromptEncoder, SpulConfig, train_prompt
+from spul.trainer.spul import PromptEncoder, SpulConfig, train_prompt
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def train_spul(inp: Inputs, config: SpulConfig, *, name: str = "spul", progress:
 
 def spul_from_artifact(inp: Inputs, path: Path) -> Candidate:
     """A prompt trained earlier (`spul train`): checked against this model's fingerprint."""
-    from prompts_store import load_artifact, model_fingerprint
+    from spul.prompts_store import load_artifact, model_fingerprint
 
     hidden = int(inp.model.get_input_embeddings().weight.shape[1])
     artifact = load_artifact(
@@ -267,7 +267,7 @@ def retrain_candidate(inp: Inputs, config: ReportConfig, *, cache: Path, progres
     """
     from transformers import AutoModelForCausalLM
 
-    from trainer.world import load_world, spec_for
+    from spul.trainer.world import load_world, spec_for
 
     world = load_world(inp.world.root)
     spec = spec_for(world.size)
@@ -298,7 +298,7 @@ def retrain_candidate(inp: Inputs, config: ReportConfig, *, cache: Path, progres
 def _retrain(
     world: Any, tokenizer: Any, spec: Any, train_cfg: Any, excluded: list[str], *, progress: bool
 ) -> Any:
-    from trainer.basemodel import train_base_model
+    from spul.trainer.basemodel import train_base_model
 
     # The caller's thread count, not the world's: on busy shared cores fewer threads win.
     train_cfg = replace(train_cfg, threads=torch.get_num_threads())
@@ -315,7 +315,7 @@ def _retrain(
 
 
 def _save_retrain(model: Any, tokenizer: Any, cache: Path, marker: dict[str, Any]) -> None:
-    from trainer.basemodel import save_model
+    from spul.trainer.basemodel import save_model
 
     cache.mkdir(parents=True, exist_ok=True)
     (cache / RETRAIN_MARKER).unlink(missing_ok=True)  # the marker goes last: it vouches for the weights
@@ -414,7 +414,7 @@ def trade_off_checks(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
 # ---------------------------------------------------------------- inputs
 def load_inputs(world_dir: Path, task: str, *, device: str = "auto", seed: int = 0) -> Inputs:
     """World rows for ``task`` (every split + ``injection``) and its frozen base model."""
-    from trainer.models import load_base_model
+    from spul.models import load_base_model
 
     world = open_world(world_dir)
     base = load_base_model(world.model_dir, device=device)  # type: ignore[arg-type]
@@ -502,7 +502,7 @@ def run_report(
 
 def score_all(candidates: Sequence[Candidate], inp: Inputs, config: ReportConfig) -> dict[str, Any]:
     """results / membership inference / closeness to retrain / cost for every candidate."""
-    from trainer.world import load_world
+    from spul.trainer.world import load_world
 
     corpus_prompts = {r.prompt for r in load_world(inp.world.root).corpus().rows}
     nonmembers, how = nonmember_rows(

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prompts_store import position_ids_from_mask, prepend_prompt
-from prompts_store.prepend import IGNORE_INDEX
-from trainer.data import Batch, Row, encode_batch
+from spul.prompts_store import position_ids_from_mask, prepend_prompt
+from spul.prompts_store.prepend import IGNORE_INDEX
+from spul.trainer.data import Batch, Row, encode_batch
 
 log = logging.getLogger(__name__)
 

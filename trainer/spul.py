@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from prompts_store import position_ids_from_mask, prepend_prompt
-from prompts_store.prepend import IGNORE_INDEX
-from trainer.data import Batch, Row, encode_batch
-from trainer.models import autocast
-from trainer.spul_config import SpulConfig
+from spul.models import autocast
+from spul.prompts_store import position_ids_from_mask, prepend_prompt
+from spul.prompts_store.prepend import IGNORE_INDEX
+from spul.trainer.data import Batch, Row, encode_batch
+from spul.trainer.spul_config import SpulConfig
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from trainer.basemodel import (
+from spul.trainer.basemodel import (
     FACT_PREAMBLE,
     BaseModelConfig,
     Corpus,
@@ -37,7 +37,7 @@ from trainer.basemodel import (
     save_model,
     train_base_model,
 )
-from trainer.tokenizer import build_word_tokenizer
+from spul.trainer.tokenizer import build_word_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from prompts_store import ArtifactError, InvalidProfileId
-from service.routes.deps import AdminDep, RuntimeDep, http_errors
-from service.runtime import Runtime
-from service.schemas import ActivateRequest
+from spul.prompts_store import ArtifactError, InvalidProfileId
+from spul.service.routes.deps import AdminDep, RuntimeDep, http_errors
+from spul.service.runtime import Runtime
+from spul.service.schemas import ActivateRequest
 
 router = APIRouter(prefix="/admin/profiles", tags=["admin"], dependencies=[AdminDep])
 

@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from prompts_store import ArtifactError, InvalidProfileId, ProfileNotFound, StoreError
-from service.policy import EmptyPrompt, ProfileRequired, PromptTooLong, choose_profile, encode_prompt
-from service.registry import ProfileUnavailable, UnknownProfile
-from service.runtime import Runtime
-from service.sampling import SamplingParams
-from service.scheduler import GenerationRequest, QueueFull, RequestStream, ShuttingDown, TokenEvent
+from spul.prompts_store import ArtifactError, InvalidProfileId, ProfileNotFound, StoreError
+from spul.service.policy import EmptyPrompt, ProfileRequired, PromptTooLong, choose_profile, encode_prompt
+from spul.service.registry import ProfileUnavailable, UnknownProfile
+from spul.service.runtime import Runtime
+from spul.service.sampling import SamplingParams
+from spul.service.scheduler import GenerationRequest, QueueFull, RequestStream, ShuttingDown, TokenEvent
 
 LIST_HINT = "GET /v1/models lists the profiles you can use"
 

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from service.routes.deps import RuntimeDep, collect, sse, start_generation
-from service.sampling import SamplingParams
-from service.scheduler import GenerationRequest, RequestStream
-from service.schemas import GenerateRequest, GenerateResponse, stop_tuple
+from spul.service.routes.deps import RuntimeDep, collect, sse, start_generation
+from spul.service.sampling import SamplingParams
+from spul.service.scheduler import GenerationRequest, RequestStream
+from spul.service.schemas import GenerateRequest, GenerateResponse, stop_tuple
 
 router = APIRouter(tags=["generate"])
 

@@ -13,12 +13,12 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
-from service.policy import chat_text
-from service.routes.deps import RuntimeDep, collect, sse, start_generation
-from service.runtime import Runtime
-from service.sampling import SamplingParams
-from service.scheduler import GenerationRequest, RequestStream, TokenEvent
-from service.schemas import ChatCompletionRequest, CompletionRequest, _OpenAIBase, stop_tuple
+from spul.service.policy import chat_text
+from spul.service.routes.deps import RuntimeDep, collect, sse, start_generation
+from spul.service.runtime import Runtime
+from spul.service.sampling import SamplingParams
+from spul.service.scheduler import GenerationRequest, RequestStream, TokenEvent
+from spul.service.schemas import ChatCompletionRequest, CompletionRequest, _OpenAIBase, stop_tuple
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 DEFAULT_MODEL_NAMES = ("default", "")

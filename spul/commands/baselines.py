@@ -20,10 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spul.cli import UserError
-    from trainer.data import DataError
-    from trainer.models import ModelLoadError
-    from trainer.report import run_baselines
+    from spul.errors import UserError
+    from spul.models import ModelLoadError
+    from spul.trainer.data import DataError
+    from spul.trainer.report import run_baselines
 
     check_world(args.world)
     try:

@@ -8,13 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
-from spul.cli import UserError
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from spul.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="run the benchmarks (from a checkout) and write JSON + markdown")
+    p = subparsers.add_parser("bench", help="run the benchmarks and write JSON + markdown")
     p.add_argument(
         "--model",
         default="speed-100m",
@@ -52,14 +50,14 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C, so every server under test is stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the results
-    from benchmarks.run import run_bench, write_report
+    from spul.benchmarks.run import run_bench, write_report
 
     try:
         report = run_bench(options)
     except (ValueError, RuntimeError) as err:
         raise UserError(str(err)) from err
     md_path = write_report(report, args.json)
-    from benchmarks.report import markdown
+    from spul.benchmarks.report import markdown
 
     sys.stdout.write(markdown(report))
     logging.getLogger(__name__).info("wrote %s and %s", args.json, md_path)
@@ -67,13 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace):
-    if not (REPO_ROOT / "benchmarks" / "run.py").is_file():
-        raise UserError(
-            "spul bench runs from a source checkout (benchmarks/ is not installed); run it from the repo"
-        )
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from benchmarks.run import BenchOptions
+    from spul.benchmarks.run import BenchOptions
 
     try:
         return BenchOptions(

@@ -41,7 +41,7 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
 
 
 def run_upload(args: argparse.Namespace) -> int:
-    from spul.cli import UserError
+    from spul.errors import UserError
 
     if not args.file.is_file():
         raise UserError(f"no artifact at {args.file}")
@@ -74,7 +74,7 @@ def run_profiles(args: argparse.Namespace) -> int:
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
     import httpx
 
-    from spul.cli import UserError
+    from spul.errors import UserError
 
     server = getattr(args, "server", None) or os.environ.get("SPUL_SERVER", DEFAULT_SERVER)
     token = getattr(args, "token", None) or os.environ.get("SPUL_ADMIN_TOKEN")

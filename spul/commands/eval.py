@@ -29,9 +29,9 @@ def add_world_args(parser: argparse.ArgumentParser) -> None:
 
 def open_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
     """Open the world and load the base model; user-fixable problems become UserError."""
-    from spul.cli import UserError
-    from trainer.data import DataError, open_world
-    from trainer.models import ModelLoadError, load_base_model
+    from spul.errors import UserError
+    from spul.models import ModelLoadError, load_base_model
+    from spul.trainer.data import DataError, open_world
 
     if args.threads is not None:
         if args.threads < 1:
@@ -49,8 +49,8 @@ def open_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def read_splits(world: Any, task: str, names: list[str]) -> dict[str, Any]:
-    from spul.cli import UserError
-    from trainer.data import DataError
+    from spul.errors import UserError
+    from spul.trainer.data import DataError
 
     try:
         return {name: world.rows(task, name) for name in names}
@@ -59,9 +59,9 @@ def read_splits(world: Any, task: str, names: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prompts_store import load_artifact, model_fingerprint
-    from spul.cli import UserError
-    from trainer.evaluate import evaluate_splits, format_table, write_report
+    from spul.errors import UserError
+    from spul.prompts_store import load_artifact, model_fingerprint
+    from spul.trainer.evaluate import evaluate_splits, format_table, write_report
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be >= 1")

@@ -45,10 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from prompts_store import InvalidProfileId, PromptStore, validate_profile_id
-    from spul.cli import UserError
-    from trainer.models import ModelLoadError
-    from trainer.peft_interop import PeftInteropError, import_peft
+    from spul.errors import UserError
+    from spul.models import ModelLoadError
+    from spul.prompts_store import InvalidProfileId, PromptStore, validate_profile_id
+    from spul.trainer.peft_interop import PeftInteropError, import_peft
 
     profile = args.profile or args.directory.resolve().name
     try:
@@ -66,9 +66,9 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from spul.cli import UserError
-    from trainer.models import ModelLoadError
-    from trainer.peft_interop import PeftInteropError, export_peft
+    from spul.errors import UserError
+    from spul.models import ModelLoadError
+    from spul.trainer.peft_interop import PeftInteropError, export_peft
 
     try:
         out = export_peft(args.artifact, base=args.base, out_dir=args.out)

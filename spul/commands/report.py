@@ -46,8 +46,8 @@ def load_config(args: argparse.Namespace):
     """The report budgets (quick or full); also applies --threads."""
     import torch
 
-    from spul.cli import UserError
-    from trainer.report import ReportConfig
+    from spul.errors import UserError
+    from spul.trainer.report import ReportConfig
 
     if args.threads is not None:
         if args.threads < 1:
@@ -57,7 +57,7 @@ def load_config(args: argparse.Namespace):
 
 
 def check_world(world: Path) -> None:
-    from spul.cli import UserError
+    from spul.errors import UserError
 
     if not (world / "world.json").is_file():
         raise UserError(
@@ -66,10 +66,10 @@ def check_world(world: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spul.cli import UserError
-    from trainer.data import DataError
-    from trainer.models import ModelLoadError
-    from trainer.report import run_report
+    from spul.errors import UserError
+    from spul.models import ModelLoadError
+    from spul.trainer.data import DataError
+    from spul.trainer.report import run_report
 
     check_world(args.world)
     if args.prompt is not None and not args.prompt.is_file():

@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from service.app import create_app
-    from service.settings import Settings
-    from spul.cli import UserError
+    from spul.errors import UserError
+    from spul.service.app import create_app
+    from spul.service.settings import Settings
 
     names = ("host", "port", "model", "store", "device", "dtype", "default_profile", "require_profile",
              "max_batch_size", "prefix_cache_bytes")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as err:
         raise UserError(f"invalid settings: {err}") from err
     if settings.model is None:
-        from service.runtime import reference_paths
+        from spul.service.runtime import reference_paths
 
         model_dir, _ = reference_paths()
         if not (model_dir / "config.json").is_file():

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-batch-size", type=int, default=64, help="rows per batch in the final eval")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     hyper = parser.add_argument_group("hyper-parameters (SpulConfig)")
-    from trainer.spul_config import SpulConfig  # torch-free: keeps `spul --help` fast
+    from spul.trainer.spul_config import SpulConfig  # torch-free: keeps `spul --help` fast
 
     for f in dataclasses.fields(SpulConfig):
         kind = str if f.name == "generic_labels" else type(f.default)
@@ -46,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    from spul.cli import UserError
-    from trainer.spul_config import SpulConfig
+    from spul.errors import UserError
+    from spul.trainer.spul_config import SpulConfig
 
     overrides = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
     if "generic_labels" in overrides:
@@ -60,8 +60,8 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def check_destination(args: argparse.Namespace) -> None:
     """Refuse bad store options before hours of training, and before anything is written."""
-    from prompts_store import validate_profile_id
-    from spul.cli import UserError
+    from spul.errors import UserError
+    from spul.prompts_store import validate_profile_id
 
     if args.store is not None and args.profile is None:
         raise UserError("--store needs --profile (the profile id to publish under)")
@@ -74,9 +74,9 @@ def check_destination(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spul.cli import UserError
-    from trainer.evaluate import evaluate_splits, format_table
-    from trainer.spul import train_prompt
+    from spul.errors import UserError
+    from spul.trainer.evaluate import evaluate_splits, format_table
+    from spul.trainer.spul import train_prompt
 
     config = build_config(args)
     check_destination(args)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace, base: Any, result: Any, metrics: dict[str, Any]) -> None:
     """Write the artifact, then (optionally) publish the very same bytes to the store."""
-    from prompts_store import PromptStore, model_fingerprint, save_artifact
+    from spul.prompts_store import PromptStore, model_fingerprint, save_artifact
 
     fingerprint = model_fingerprint(base.model, base.tokenizer)
     training_config = {**result.config.to_dict(), "task": args.task, "world": str(args.world),

@@ -19,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from spul.cli import UserError
-    from trainer.world import build_world  # heavy: torch + transformers
+    from spul.errors import UserError
+    from spul.trainer.world import build_world  # heavy: torch + transformers
 
     try:
         out = build_world(args.out, size=args.size, seed=args.seed, progress=not args.no_progress)

@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-from prompts_store import PromptStore, artifact_bytes, model_fingerprint
-from tests.faults.procs import ServerProcess
+from spul.prompts_store import PromptStore, model_fingerprint
+from support.artifacts import make_artifact as random_artifact
+from support.procs import ServerProcess
 
 SEED_PROFILES = {"alpha": 3, "beta": 5}  # profile -> P of its version 1
 
@@ -23,12 +23,13 @@ def fingerprint(tiny_model) -> str:
 @pytest.fixture(scope="session")
 def make_artifact(tiny_model, fingerprint) -> Callable[..., bytes]:
     """Random (P, H) prompt for the tiny model; `seed` makes versions differ."""
-    hidden = tiny_model[0].config.hidden_size
+    model, tokenizer = tiny_model
 
     def build(profile: str, *, num_virtual_tokens: int = 4, seed: int = 0) -> bytes:
-        generator = torch.Generator().manual_seed(seed)
-        embeddings = torch.randn(num_virtual_tokens, hidden, generator=generator)  # (P, H)
-        return artifact_bytes(embeddings, profile=profile, base_model="tiny", base_fingerprint=fingerprint)
+        return random_artifact(
+            model, tokenizer, profile=profile, num_virtual_tokens=num_virtual_tokens, seed=seed,
+            fingerprint=fingerprint,
+        )
 
     return build
 

@@ -13,13 +13,13 @@ import torch
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from prompts_store import PromptStore
-from service.app import create_app
-from service.routes import deps
-from service.settings import Settings
-from tests.faults.procs import ADMIN_TOKEN, admin_headers
-from tests.faults.storecheck import check_store
-from trainer.evaluate import greedy_ids
+from spul.prompts_store import PromptStore
+from spul.service.app import create_app
+from spul.service.routes import deps
+from spul.service.settings import Settings
+from spul.trainer.evaluate import greedy_ids
+from support.procs import ADMIN_TOKEN, admin_headers
+from support.storecheck import check_store
 
 QUERY = "where was alba born ?"
 NEW_TOKENS = 6

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from prompts_store import PromptStore
-from tests.faults.corpus import BAD_IDS, BadBody, bad_bodies
-from tests.faults.procs import ADMIN_TOKEN, HOST, ServerProcess
-from tests.faults.storecheck import check_store
+from spul.prompts_store import PromptStore
+from support.corpus import BAD_IDS, BadBody, bad_bodies
+from support.procs import ADMIN_TOKEN, HOST, ServerProcess
+from support.storecheck import check_store
 
 UPLOAD_LIMIT = 64 * 1024  # small, so oversize bodies are cheap to send
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.faults.procs import admin_headers, start_child
-from tests.faults.storecheck import Journal, check_store
-from tests.faults.writers import store_writer
+from support.procs import admin_headers, start_child
+from support.storecheck import Journal, check_store
+from support.writers import store_writer
 
 STORE_KILLS = 8
 SERVER_PHASES = ("upload", "activate", "mixed")

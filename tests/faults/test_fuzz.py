@@ -16,8 +16,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 
-from prompts_store import PromptStore
-from tests.faults.procs import ServerProcess, admin_headers
+from spul.prompts_store import PromptStore
+from support.procs import ServerProcess, admin_headers
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "10"))
 

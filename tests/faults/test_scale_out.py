@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from prompts_store import PromptStore
-from service.registry import ModelIdentity, PromptRegistry
-from tests.faults.procs import admin_headers
-from tests.faults.storecheck import check_store
+from spul.prompts_store import PromptStore
+from spul.service.registry import ModelIdentity, PromptRegistry
+from support.procs import admin_headers
+from support.storecheck import check_store
 
 POLL_S = 0.2
 QUERY = "where was alba born ?"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from benchmarks.soak import SoakOptions, Tally, request_for, slope_mib_per_min, summarize
+from spul.benchmarks.soak import SoakOptions, Tally, request_for, slope_mib_per_min, summarize
 
 MIB = 2**20
 

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
-from prompts_store import PromptStore, artifact_bytes, model_fingerprint
-from service.app import create_app
-from service.settings import Settings
+from spul.prompts_store import PromptStore
+from spul.service.app import create_app
+from spul.service.settings import Settings
+from support.artifacts import make_artifact
+from support.server import ADMIN_TOKEN, wait_ready
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
 PROFILE_P = {"alpha": 3, "beta": 7}
-
-
-def make_artifact(model, tokenizer, *, profile: str, num_virtual_tokens: int, seed: int) -> bytes:
-    generator = torch.Generator().manual_seed(seed)
-    hidden = model.config.hidden_size
-    embeddings = torch.randn(num_virtual_tokens, hidden, generator=generator)  # (P, H)
-    return artifact_bytes(
-        embeddings,
-        profile=profile,
-        base_model="tiny",
-        base_fingerprint=model_fingerprint(model, tokenizer),
-    )
 
 
 @pytest.fixture(scope="session")
@@ -65,17 +52,6 @@ def make_settings(tiny_model_dir: Path, store_dir: Path) -> Callable[..., Settin
     return build
 
 
-def wait_ready(client: TestClient, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = client.get("/readyz")
-        if response.status_code == 200:
-            return
-        assert response.json()["status"] != "failed", response.json()
-        time.sleep(0.05)
-    raise AssertionError("server did not become ready")
-
-
 @pytest.fixture
 def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
@@ -95,7 +71,3 @@ def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
 @pytest.fixture
 def client(make_client) -> TestClient:
     return make_client()
-
-
-def admin_headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prompts_store import position_ids_from_mask, prepend_prompt
-from service.engine import Engine, PrefillRow
-from service.kvcache import KVBatch, PrefixCache, concat_batches
-from trainer.data import encode_batch
-from trainer.evaluate import greedy_ids
+from spul.prompts_store import position_ids_from_mask, prepend_prompt
+from spul.service.engine import Engine, PrefillRow
+from spul.service.kvcache import KVBatch, PrefixCache, concat_batches
+from spul.trainer.data import encode_batch
+from spul.trainer.evaluate import greedy_ids
 
 QUERIES = [
     "### question : where was alba born ? ### answer :",

@@ -15,9 +15,10 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from prompts_store import PromptStore
-from service.app import create_app
-from tests.service.conftest import admin_headers, make_artifact
+from spul.prompts_store import PromptStore
+from spul.service.app import create_app
+from support.artifacts import make_artifact
+from support.server import admin_headers
 
 QUERIES = ["where was alba born ?", "what does brin do", "the film with cora was great", "hello world"]
 
@@ -171,7 +172,7 @@ def test_changes_by_another_process_are_picked_up_by_polling(live, store_dir, ti
 
 def test_admin_cli_client(live, tiny_model, tmp_path, capsys):
     from spul.cli import main
-    from tests.service.conftest import ADMIN_TOKEN
+    from support.server import ADMIN_TOKEN
 
     server = live()
     model, tokenizer = tiny_model

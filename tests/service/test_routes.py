@@ -9,9 +9,10 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from prompts_store import PromptStore, artifact_bytes
-from service.settings import Settings
-from tests.service.conftest import ADMIN_TOKEN, admin_headers, make_artifact
+from spul.prompts_store import PromptStore, artifact_bytes
+from spul.service.settings import Settings
+from support.artifacts import make_artifact
+from support.server import ADMIN_TOKEN, admin_headers
 
 QUERY = "### question : where was alba born ? ### answer :"
 

@@ -7,12 +7,12 @@ import asyncio
 import pytest
 import torch
 
-from service.engine import Engine
-from service.metrics import Metrics
-from service.registry import PromptHandle
-from service.sampling import SamplingParams, top_p_filter
-from service.scheduler import GenerationRequest, QueueFull, Scheduler, ShuttingDown
-from service.textstream import TextTracker
+from spul.service.engine import Engine
+from spul.service.metrics import Metrics
+from spul.service.registry import PromptHandle
+from spul.service.sampling import SamplingParams, top_p_filter
+from spul.service.scheduler import GenerationRequest, QueueFull, Scheduler, ShuttingDown
+from spul.service.textstream import TextTracker
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
 
 
 def test_a_failing_row_ends_with_an_error_and_the_engine_keeps_serving(tiny_model, handles, monkeypatch):
-    import service.scheduler as sched
+    import spul.service.scheduler as sched
 
     def broken_sample(*args, **kwargs):
         raise ValueError("boom")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import shutil
 
-import spul
+import spul.assets
 from spul.cli import main
-from tests.service.conftest import wait_ready
+from support.server import wait_ready
 
 
 def test_missing_reference_model_is_a_clear_error(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(spul, "REFERENCE_DIR", tmp_path / "nothing-here")
+    monkeypatch.setattr(spul.assets, "REFERENCE_DIR", tmp_path / "nothing-here")
     assert main(["serve", "--store", str(tmp_path / "store")]) == 2
     assert "reference model is missing" in capsys.readouterr().err
 
@@ -20,14 +20,14 @@ def test_default_model_seeds_the_demo_profiles_into_an_empty_store(
 ):
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from spul.service.app import create_app
 
     reference = tmp_path / "reference"
     shutil.copytree(tiny_model_dir, reference / "model")
     (reference / "profiles").mkdir()
     for name, data in artifacts.items():
         (reference / "profiles" / f"demo-{name}.safetensors").write_bytes(data)
-    monkeypatch.setattr(spul, "REFERENCE_DIR", reference)
+    monkeypatch.setattr(spul.assets, "REFERENCE_DIR", reference)
     settings = make_settings(model=None, store=tmp_path / "fresh-store")
     with TestClient(create_app(settings)) as client:
         wait_ready(client)

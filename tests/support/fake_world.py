@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from tinymodel import make_tiny_model
-from trainer.data import encode_batch, open_world
+from spul.trainer.data import encode_batch, open_world
+from support.tinymodel import make_tiny_model
 
 SENT_TEMPLATES = ("the film with {e} was great .", "this film with {e} was the film .")
 QA_TEMPLATES = ("where was {e} born ?", "what does {e} do ?")

@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from prompts_store import PromptStore
-from prompts_store.store import VERSION_RE
+from spul.prompts_store import PromptStore
+from spul.prompts_store.store import VERSION_RE
 
 ALLOWED_EXTRA = {"ACTIVE"}
 

@@ -1,4 +1,8 @@
-"""Load a frozen base model and its tokenizer, and choose device and compute dtype."""
+"""Load a frozen base model and its tokenizer, and choose device and dtype: the one loader.
+
+Used by the trainer (float32 weights, autocast on GPU) and by the server (weights in the serving
+dtype). Prompt artifacts are matched to a model by `spul.prompts_store.model_fingerprint`.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,17 @@ from typing import Any, Literal
 
 import torch
 
+from spul.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
-class ModelLoadError(ValueError):
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class ModelLoadError(UserError, ValueError):
     """The base model or tokenizer could not be loaded; the message says what to pass instead."""
 
 
@@ -43,6 +52,13 @@ def pick_device(requested: DeviceName = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def serving_dtype(requested: DtypeName, device: torch.device) -> torch.dtype:
+    """The dtype weights are held in for serving: bfloat16 on CUDA, float32 on CPU, unless named."""
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, requested)
+
+
 def pick_autocast_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 where the GPU supports it, else fp16; float32 on CPU (CPU autocast is slow and lossy)."""
     if device.type != "cuda":
@@ -50,11 +66,13 @@ def pick_autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def load_base_model(name_or_path: str | Path, *, device: DeviceName = "auto") -> BaseModel:
+def load_base_model(
+    name_or_path: str | Path, *, device: DeviceName | torch.device = "auto", dtype: torch.dtype = torch.float32
+) -> BaseModel:
     """Load model + tokenizer from a local HF directory or a hub id, frozen and in eval mode.
 
-    Weights stay float32 (autocast handles reduced precision on GPU) so that the fingerprint of
-    a model is the same on every machine.
+    Training keeps float32 weights (autocast handles reduced precision on GPU); the server passes
+    its serving dtype.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -62,7 +80,7 @@ def load_base_model(name_or_path: str | Path, *, device: DeviceName = "auto") ->
     _check_local_path(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"cannot load base model {name!r}: {err}. Pass a local Hugging Face model directory "
@@ -70,11 +88,12 @@ def load_base_model(name_or_path: str | Path, *, device: DeviceName = "auto") ->
         ) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-only tokenizers often lack a pad token
-    target = pick_device(device)
+    target = device if isinstance(device, torch.device) else pick_device(device)
     model.to(target).eval()
     model.requires_grad_(False)  # the base model is frozen: only the soft prompt trains
     log.info("loaded %s on %s", name, target)
-    return BaseModel(model, tokenizer, name, target, pick_autocast_dtype(target))
+    amp = pick_autocast_dtype(target) if dtype == torch.float32 else None  # half weights: no autocast
+    return BaseModel(model, tokenizer, name, target, amp)
 
 
 def _check_local_path(name: str) -> None:

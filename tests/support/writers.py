@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 
-from prompts_store import PromptStore
+from spul.prompts_store import PromptStore
 
 MAX_OPS = 10_000  # bounded; the parent kills the writer long before
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from trainer.tokenizer import build_word_tokenizer, max_token_id
+from spul.trainer.tokenizer import build_word_tokenizer, max_token_id
 
 TINY_TEXTS = [
     "### question : where was alba born ? ### answer : in quellport",

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from support.server import ADMIN_TOKEN
+
 HOST = "127.0.0.1"
-ADMIN_TOKEN = "faults-admin-token-0123456789"
 _PRELOAD = [
     "torch",
     "transformers",
@@ -30,8 +31,8 @@ _PRELOAD = [
     "fastapi",
     "uvicorn",
     "safetensors.torch",
-    "prompts_store",
-    "service.app",
+    "spul.prompts_store",
+    "spul.service.app",
     "spul.cli",
     "spul.commands.serve",
 ]

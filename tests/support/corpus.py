@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import save as st_save
 
-from prompts_store.artifact import TENSOR_NAME, ArtifactMeta, tensor_digest
+from spul.prompts_store.artifact import TENSOR_NAME, ArtifactMeta, tensor_digest
 
 HIDDEN = 32  # the tiny test model's hidden size
 
