@@ -129,6 +129,25 @@ def test_import_rebuilds_encoder_from_its_weights(encoder, tiny_model_dir, tmp_p
     torch.testing.assert_close(table, expected, rtol=0, atol=1e-5)
 
 
+def test_spul_encoder_is_a_rename_free_copy_of_peft_ptuning(tiny_model_dir):
+    """The encoder SPUL trains has PEFT's names: its state dict loads into PEFT as is, and back."""
+    from spul.trainer.spul import PromptEncoder
+
+    peft_model = peft_ptuning_model(tiny_model_dir, seed=4)  # 5 virtual tokens, encoder_hidden_size 16
+    peft_encoder = peft_model.prompt_encoder["default"]
+    ours = PromptEncoder(5, peft_model.config.hidden_size, 16)
+    with torch.no_grad():
+        for param in ours.parameters():
+            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())))
+    peft_encoder.load_state_dict(ours.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model.get_prompt(batch_size=1)[0], ours(), rtol=0, atol=1e-6)
+    again = PromptEncoder(5, peft_model.config.hidden_size, 16)
+    again.load_state_dict(peft_encoder.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(again(), ours())
+
+
 def test_import_prompt_tuning(tiny_model_dir, base, tmp_path):
     config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
     peft_model = peft.get_peft_model(fresh_model(tiny_model_dir), config).eval()

@@ -26,11 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
-from spul.prompts_store.prepend import IGNORE_INDEX
-from spul.trainer.data import Row, encode_batch
-from spul.trainer.robustness import answer_token_logits, row_answer_ce
+from spul.trainer.data import Batch, Row, encode_batch
+from spul.trainer.losses import answer_logits, kl_sum, row_ce
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +96,26 @@ def forget_term(
 ) -> torch.Tensor:
     """GA: -CE on the true answers. RL: CE towards a random generic label. Per forget row."""
     answers = [rng.choice(generic_labels) for _ in rows] if method == "rl" else [r.answer for r in rows]
-    batch = encode_batch(tokenizer, [r.prompt for r in rows], answers).to(_device(model))
-    ce = row_answer_ce(*answer_token_logits(model, batch)).mean()
+    ce = row_ce(answer_logits(model, _encode(model, tokenizer, rows, answers))).mean()
     return ce if method == "rl" else -ce
 
 
 def retain_ce(model: Any, tokenizer: Any, rows: Sequence[Row]) -> torch.Tensor:
-    batch = encode_batch(tokenizer, [r.prompt for r in rows], [r.answer for r in rows]).to(_device(model))
-    return row_answer_ce(*answer_token_logits(model, batch)).mean()
+    """CE on the true retain answers, per row."""
+    return row_ce(answer_logits(model, _encode(model, tokenizer, rows))).mean()
 
 
 def retain_kl(model: Any, original: Any, tokenizer: Any, rows: Sequence[Row]) -> torch.Tensor:
     """KL(original || model) summed over the positions that predict retain answer tokens, per row."""
-    batch = encode_batch(tokenizer, [r.prompt for r in rows], [r.answer for r in rows]).to(_device(model))
-    pred, target = answer_token_logits(model, batch)  # (B, T-1, V), (B, T-1)
+    batch = _encode(model, tokenizer, rows)
     with torch.no_grad():
-        ref, _ = answer_token_logits(original, batch)  # (B, T-1, V)
-    ref_logp = F.log_softmax(ref, dim=-1)
-    kl_pos = (ref_logp.exp() * (ref_logp - F.log_softmax(pred, dim=-1))).sum(dim=-1)  # (B, T-1)
-    answer = (target != IGNORE_INDEX).float()  # (B, T-1)
-    return (kl_pos * answer).sum() / len(rows)
+        reference = answer_logits(original, batch).logits  # (N, V)
+    return kl_sum(reference, answer_logits(model, batch).logits) / len(rows)
+
+
+def _encode(model: Any, tokenizer: Any, rows: Sequence[Row], answers: Sequence[str] | None = None) -> Batch:
+    answers = [r.answer for r in rows] if answers is None else list(answers)
+    return encode_batch(tokenizer, [r.prompt for r in rows], answers).to(_device(model))
 
 
 def baseline_loss(

@@ -4,10 +4,11 @@ A PEFT checkpoint is a directory with ``adapter_config.json`` and ``adapter_mode
 (what ``PeftModel.save_pretrained`` writes). PEFT itself already stores the computed (P, H)
 table under ``prompt_embeddings`` for both prompt tuning and P-tuning; a checkpoint that holds
 the P-tuning *encoder* weights instead (e.g. a raw ``prompt_encoder.state_dict()``) is run once
-through an equivalent of PEFT's ``PromptEncoder`` so serving never needs the encoder.
+through trainer.prompt_encoder (PEFT's ``PromptEncoder`` layout, the one SPUL trains) so serving
+never needs the encoder.
 
-PEFT is not a runtime dependency: the config is read as JSON and the encoder is rebuilt here
-with the same parameter names, so ``load_state_dict(strict=True)`` proves the layout matches.
+PEFT is not a runtime dependency: the config is read as JSON and the encoder has PEFT's
+parameter names, so ``load_state_dict(strict=True)`` proves the layout matches.
 Weights are read with safetensors only; pickled ``adapter_model.bin`` files are refused.
 """
 
@@ -26,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from spul.models import BaseModel, load_base_model
 from spul.prompts_store import ArtifactError, load_artifact, model_fingerprint, save_artifact
+from spul.trainer.prompt_encoder import ENCODER_TYPES, PromptEncoder
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,6 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 TABLE_KEY = "prompt_embeddings"  # PEFT's key for the (P, H) prompt table
 SUPPORTED_PEFT_TYPES = ("PROMPT_TUNING", "P_TUNING")
-ENCODER_TYPES = ("MLP", "LSTM")
 MAX_CONFIG_BYTES = 1024 * 1024
 # The tensors of PEFT's PromptEncoder, whatever prefix the saving code put in front of them.
 _ENCODER_KEY_RE = re.compile(r"(?:^|\.)(embedding\.weight|mlp_head\.\d+\.(?:weight|bias)|lstm_head\.\w+)$")
@@ -100,39 +101,15 @@ def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-class PromptEncoder(torch.nn.Module):
-    """Same modules and parameter names as ``peft.tuners.p_tuning.PromptEncoder`` (training mode)."""
-
-    def __init__(self, config: PeftPromptConfig) -> None:
-        super().__init__()
-        dim, hidden = config.token_dim, config.encoder_hidden_size or config.token_dim
-        self.encoder_type = config.encoder_type
-        self.embedding = torch.nn.Embedding(config.num_virtual_tokens, dim)
-        if config.encoder_type == "LSTM":
-            # dropout only acts in training; the output is computed once in eval mode
-            self.lstm_head = torch.nn.LSTM(
-                dim, hidden, num_layers=config.encoder_num_layers, bidirectional=True, batch_first=True
-            )
-            self.mlp_head = torch.nn.Sequential(
-                torch.nn.Linear(2 * hidden, 2 * hidden), torch.nn.ReLU(), torch.nn.Linear(2 * hidden, dim)
-            )
-        else:
-            self.mlp_head = torch.nn.Sequential(
-                torch.nn.Linear(dim, hidden), torch.nn.ReLU(),
-                torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-                torch.nn.Linear(hidden, dim),
-            )  # fmt: skip
-
-    def forward(self) -> torch.Tensor:
-        embeds = self.embedding.weight.unsqueeze(0)  # (1, P, H): the virtual token ids are 0..P-1
-        if self.encoder_type == "LSTM":
-            embeds = self.lstm_head(embeds)[0]  # (1, P, 2*hidden)
-        return self.mlp_head(embeds)[0]  # (P, H)
-
-
 def encoder_output(config: PeftPromptConfig, weights: dict[str, torch.Tensor]) -> torch.Tensor:
     """Run a P-tuning encoder once from its saved weights; returns the (P, H) prompt."""
-    encoder = PromptEncoder(config).float().eval()
+    encoder = PromptEncoder(
+        config.num_virtual_tokens,
+        config.token_dim,
+        config.encoder_hidden_size or config.token_dim,
+        encoder_type=config.encoder_type,  # type: ignore[arg-type]  # one of ENCODER_TYPES: checked on parse
+        lstm_layers=config.encoder_num_layers,
+    ).float().eval()
     try:
         encoder.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     except RuntimeError as err:

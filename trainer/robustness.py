@@ -22,41 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from spul.prompts_store import position_ids_from_mask, prepend_prompt
-from spul.prompts_store.prepend import IGNORE_INDEX
-from spul.trainer.data import Batch, Row, encode_batch
+from spul.trainer.data import Row, encode_batch
+from spul.trainer.losses import answer_logits, row_ce
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- likelihoods
-def answer_token_logits(
-    model: Any, batch: Batch, prompt: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits that predict each next token, and the targets they predict.
-
-    Returns pred (B, L-1, V) and target (B, L-1) with IGNORE_INDEX off the answer, where L is
-    T (no prompt) or P+T. Positions come from the mask, exactly as in training and serving.
-    """
-    assert batch.labels is not None, "answer_token_logits needs rows encoded with answers"
-    embeds = model.get_input_embeddings()(batch.input_ids)  # (B, T, H)
-    mask, labels = batch.attention_mask, batch.labels
-    if prompt is not None:
-        embeds, mask, labels = prepend_prompt(prompt, embeds, mask, labels)  # (B, P+T, ...)
-    logits = model(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(mask)
-    ).logits
-    return logits[:, :-1].float(), labels[:, 1:]  # (B, L-1, V), (B, L-1)
-
-
-def row_answer_ce(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, L-1, V), (B, L-1) -> (B,) cross-entropy summed over each row's answer tokens."""
-    token_ce = F.cross_entropy(pred.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
-    return token_ce.sum(dim=1)  # (B,)
-
-
 @torch.no_grad()
 def answer_logprobs(
     model: Any,
@@ -74,8 +47,7 @@ def answer_logprobs(
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         batch = encode_batch(tokenizer, [r.prompt for r in chunk], [r.answer for r in chunk]).to(device)
-        pred, target = answer_token_logits(model, batch, prompt)
-        out.append(-row_answer_ce(pred, target).cpu())
+        out.append(-row_ce(answer_logits(model, batch, prompt)).cpu())  # (b,)
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 

@@ -1,9 +1,9 @@
 """SPUL soft-prompt training (arXiv 2406.12038): L = L_f + alpha * L_r + beta * L_kl, base model frozen.
 
-The prompt is P-tuning-parameterised (embedding table (P, H) -> MLP H -> E -> E -> H, as PEFT's
-`PromptEncoderConfig` MLP); only the encoder's output (P, H) leaves this module. Two fixes over
-the paper's public code: the KL uses the logits that *predict* the answer tokens (position t
-predicts token t + 1), and answers may span several tokens.
+The prompt is P-tuning-parameterised (trainer.prompt_encoder: embedding table (P, H) -> MLP
+H -> E -> E -> H, PEFT's P-tuning MLP); only the encoder's output (P, H) leaves this module. The
+KL compares the logits that *predict* the answer tokens (position t predicts token t + 1), and
+answers may span several tokens (trainer.losses).
 """
 
 from __future__ import annotations
@@ -17,35 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from spul.models import autocast
-from spul.prompts_store import position_ids_from_mask, prepend_prompt
-from spul.prompts_store.prepend import IGNORE_INDEX
 from spul.trainer.data import Batch, Row, encode_batch
+from spul.trainer.losses import answer_logits, kl_sum, row_ce, rows_of
+from spul.trainer.prompt_encoder import PromptEncoder
 from spul.trainer.spul_config import SpulConfig
 
 log = logging.getLogger(__name__)
-
-
-class PromptEncoder(nn.Module):
-    """P-tuning reparameterisation: (P, H) table through an H -> E -> E -> H MLP."""
-
-    def __init__(self, num_virtual_tokens: int, hidden_size: int, encoder_hidden_size: int) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(num_virtual_tokens, hidden_size)
-        self.mlp = nn.Sequential(
-            nn.Linear(hidden_size, encoder_hidden_size),
-            nn.ReLU(),
-            nn.Linear(encoder_hidden_size, encoder_hidden_size),
-            nn.ReLU(),
-            nn.Linear(encoder_hidden_size, hidden_size),
-        )
-
-    def forward(self) -> torch.Tensor:
-        return self.mlp(self.embedding.weight)  # (P, H)
 
 
 @dataclass(frozen=True)
@@ -71,42 +52,21 @@ def spul_loss(model: Any, prompt: torch.Tensor, batch: Batch, n_forget: int, *, 
     """Loss of one mixed batch: rows [:n_forget] are forget rows (generic answers), the rest retain.
 
     Each cross-entropy is summed over answer tokens (+ EOS) and divided by the number of rows of
-    its kind; the KL is summed over retain answer positions and divided by the retain rows.
+    its kind; the KL(original || prompted) is summed over the positions that predict retain
+    answer tokens and divided by the retain rows.
     """
-    if batch.labels is None:
-        raise ValueError("spul_loss needs a batch with labels (encode_batch with answers)")
-    embeds = model.get_input_embeddings()(batch.input_ids)  # (B, T, H)
-    x, mask, labels = prepend_prompt(prompt, embeds, batch.attention_mask, batch.labels)  # (B, P+T, ...)
-    logits = model(inputs_embeds=x, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
-    pred = logits[:, :-1].float()  # (B, P+T-1, V): position t predicts token t + 1
-    target = labels[:, 1:]  # (B, P+T-1)
-    token_ce = F.cross_entropy(pred.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
-    row_ce = token_ce.sum(dim=1)  # (B,)
-    n_retain = row_ce.shape[0] - n_forget
-    forget = row_ce[:n_forget].sum() / n_forget
+    answer = answer_logits(model, batch, prompt)  # (N, V) at the answer positions of every row
+    ce = row_ce(answer)  # (B,)
+    n_retain = ce.shape[0] - n_forget
+    forget = ce[:n_forget].sum() / n_forget
     zero = forget.new_zeros(())
-    retain = row_ce[n_forget:].sum() / n_retain if n_retain else zero
+    retain = ce[n_forget:].sum() / n_retain if n_retain else zero
     kl = zero
     if n_retain and beta > 0:
-        n_virtual = prompt.shape[-2]
-        kl = _retain_kl(model, embeds[n_forget:], batch, pred[n_forget:, n_virtual:], n_forget) / n_retain
+        with torch.no_grad():  # the original model: the same retain rows, no prompt, same positions
+            reference = answer_logits(model, rows_of(batch, n_forget)).logits  # (N_r, V)
+        kl = kl_sum(reference, answer.rows(n_forget).logits) / n_retain
     return LossTerms(forget + alpha * retain + beta * kl, forget, retain, kl)
-
-
-def _retain_kl(model: Any, embeds: torch.Tensor, batch: Batch, prompted: torch.Tensor, n_forget: int) -> torch.Tensor:
-    """Sum over retain answer positions of KL(original || prompted).
-
-    embeds: (R, T, H) retain token embeddings; prompted: (R, T-1, V) the prompted model's logits
-    at the token positions that predict tokens 1..T-1, aligned with the reference logits below.
-    """
-    mask = batch.attention_mask[n_forget:]  # (R, T)
-    with torch.no_grad():  # the original model: same inputs, no prompt, same positions
-        ref = model(inputs_embeds=embeds.detach(), attention_mask=mask, position_ids=position_ids_from_mask(mask))
-        ref_logp = F.log_softmax(ref.logits[:, :-1].float(), dim=-1)  # (R, T-1, V)
-    logp = F.log_softmax(prompted, dim=-1)  # (R, T-1, V)
-    answer = (batch.labels[n_forget:, 1:] != IGNORE_INDEX).float()  # (R, T-1): predicts an answer token
-    kl_pos = (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1)  # (R, T-1)
-    return (kl_pos * answer).sum()
 
 
 # ---------------------------------------------------------------- training loop
