@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -14,6 +13,7 @@ from spul.benchmarks.models import prepare_model, write_profiles
 from spul.benchmarks.report import git_revision, machine_info, markdown, targets
 from spul.benchmarks.servers import thread_env
 from spul.benchmarks.serving import SYSTEMS, ServingConfig, run_serving
+from spul.jsonsafe import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +111,7 @@ def _settings(options: BenchOptions) -> dict:
 def write_report(report: dict, json_path: Path) -> Path:
     """Write the JSON and the markdown table next to it (same name, .md); returns the .md path."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=False) + "\n")
+    json_path.write_text(json.dumps(json_safe(report), indent=2, sort_keys=False) + "\n")
     md_path = json_path.with_suffix(".md")
     md_path.write_text(markdown(report))
     return md_path
-
-
-def _json_safe(value):
-    """NaN (e.g. TTFT of a run with no successful request) is not JSON: write null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from spul.jsonsafe import json_safe
 
 FORMAT_VERSION = 1
 TENSOR_NAME = "prompt_embeddings"
@@ -135,7 +136,7 @@ def artifact_bytes(
         tensor_sha256=tensor_digest(embeddings),
         created_at=created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         training_config=training_config or {},
-        eval_metrics=_json_safe(eval_metrics or {}),
+        eval_metrics=json_safe(eval_metrics or {}),
     )
     return st_save({TENSOR_NAME: embeddings}, metadata=meta.to_header())
 
@@ -251,14 +252,3 @@ def _dtype_name(dtype: torch.dtype) -> str:
         if value == dtype:
             return name
     raise ArtifactError("bad_dtype", f"dtype {dtype} not allowed; use one of {sorted(ALLOWED_DTYPES)}")
-
-
-def _json_safe(value: Any) -> Any:
-    """Metrics may carry NaN (e.g. F1 on an empty split); JSON-encode them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spul.jsonsafe import json_safe
 from spul.trainer.baselines import METHODS as BASELINES
 from spul.trainer.baselines import BaselineConfig, search_lr
 from spul.trainer.data import Row, WorldData, open_world
@@ -533,22 +534,9 @@ def score_all(candidates: Sequence[Candidate], inp: Inputs, config: ReportConfig
 
 # ---------------------------------------------------------------- outputs
 def write_outputs(out: Path, report: Mapping[str, Any]) -> None:
-    (out / "report.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(json_safe(report), indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(markdown_table(report), encoding="utf-8")
     plot_tradeoff(report, out / "tradeoff.png")
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> None (JSON has no NaN); numpy scalars -> Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _pct(x: Any) -> str:
