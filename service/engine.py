@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from spul.prompts_store import position_ids_from_mask, prepend_prompt
 from spul.service.kvcache import KVBatch, PrefixCache, concat_batches
@@ -28,13 +29,87 @@ class PrefillRow:
     token_ids: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Which attention each layer runs: full, or a sliding window of `window` positions.
+
+    Hugging Face builds sliding-window masks from cache *columns* and keeps only the last
+    `window` keys of those layers. Our batches are left-padded and carry soft prompts, so
+    columns are not positions: for these models the engine builds the masks itself, from
+    each row's real positions, and keeps every layer's keys as long as the mask.
+    """
+
+    window: int | None = None  # the sliding layers' window; None = every layer attends fully
+    mixed: bool = False  # both full and sliding layers: masks go to the model per layer type
+    eager: bool = False  # the eager kernel adds a float mask; the others take a boolean one
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> AttentionLayout:
+        config = model.config.get_text_config(decoder=True)
+        types = list(getattr(config, "layer_types", None) or [])
+        window = getattr(config, "sliding_window", None)
+        if not types:
+            types = ["sliding_attention" if window is not None else "full_attention"] * config.num_hidden_layers
+        kinds = set(types)
+        if "sliding_attention" not in kinds or window is None:
+            return cls()
+        if not kinds <= {"sliding_attention", "full_attention"}:
+            raise ValueError(f"unsupported attention layer types {sorted(kinds)}; spul serves full and "
+                             "sliding-window attention")
+        impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"attention implementation {impl!r} cannot take the sliding-window masks spul "
+                             "builds; load the model with attn_implementation='sdpa' or 'eager'")
+        return cls(window=int(window), mixed=len(kinds) > 1, eager=impl == "eager")
+
+    def masks(
+        self, mask: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The attention_mask argument for one forward.
+
+        mask: (B, K) 1 = real key column (the last Q columns are this forward's queries)
+        positions: (B, Q) the queries' real positions
+        """
+        if self.window is None:
+            return mask
+        key_pos = position_ids_from_mask(mask)[:, None, :]  # (B, 1, K)
+        query_pos = positions[:, :, None]  # (B, Q, 1)
+        full = mask.bool()[:, None, :] & (key_pos <= query_pos)  # (B, Q, K)
+        # a pad query attends to itself only, so no row of the softmax is empty (no NaN in pad K/V)
+        q_len, k_len = positions.shape[1], mask.shape[1]
+        columns = torch.arange(k_len, device=mask.device)
+        self_col = columns[None, :] == columns[k_len - q_len :, None]  # (Q, K): each query's own column
+        pad_query = ~mask.bool()[:, -q_len:, None]  # (B, Q, 1)
+        full = full | (pad_query & self_col)
+        sliding = full & (key_pos > query_pos - self.window)
+        out = {"full_attention": full, "sliding_attention": sliding}
+        out = {k: self._format(v, dtype) for k, v in out.items()}
+        return out if self.mixed else out["sliding_attention"]
+
+    def _format(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        allowed = allowed[:, None]  # (B, 1, Q, K)
+        if not self.eager:
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+
+
 class Engine:
     def __init__(self, model: torch.nn.Module, *, prefix_cache_bytes: int = 0) -> None:
         self.model = model.eval()
         self.embed = model.get_input_embeddings()
         self.device = self.embed.weight.device
         self.dtype = self.embed.weight.dtype
+        self.layout = AttentionLayout.of(model)
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions (soft prompt + query + generated) the model can attend over; None = no limit."""
+        config = self.model.config.get_text_config(decoder=True)
+        value = getattr(config, "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else None
 
     @torch.inference_mode()
     def prefill(self, rows: list[PrefillRow]) -> tuple[torch.Tensor, KVBatch]:
@@ -87,8 +162,15 @@ class Engine:
             prompts = [(missing[k], torch.ones(missing[k].shape[0], dtype=torch.long, device=self.device))
                        for k in keys]
             embeds, mask = _left_pad_rows(prompts)  # (M, Pmax, H), (M, Pmax)
-            out = self.model(inputs_embeds=embeds, attention_mask=mask,
-                             position_ids=position_ids_from_mask(mask), use_cache=True)
+            positions = position_ids_from_mask(mask)
+            # the base model only: a prefix is never sampled from, so no logits are computed
+            out = self.model.base_model(
+                inputs_embeds=embeds,
+                attention_mask=self.layout.masks(mask, positions, self.dtype),
+                position_ids=positions,
+                cache=DynamicCache(),  # full-length keys in every layer, sliding or not
+                use_cache=True,
+            )
             computed = KVBatch.from_cache(out.cache, mask)
             for i, key in enumerate(keys):
                 found[key] = computed.select([i])  # drops this row's pad columns: exactly its P positions
@@ -100,9 +182,9 @@ class Engine:
     ) -> tuple[torch.Tensor, KVBatch]:
         out = self.model(
             inputs_embeds=embeds,
-            attention_mask=mask,
+            attention_mask=self.layout.masks(mask, positions, self.dtype),
             position_ids=positions,
-            cache=past.as_cache() if past is not None else None,
+            cache=past.as_cache() if past is not None else DynamicCache(),  # full-length keys in every layer
             use_cache=True,
             logits_to_keep=1,  # only the last position's logits are ever sampled
         )

@@ -139,13 +139,18 @@ def test_prefix_misses_of_different_lengths_are_computed_in_one_pass(tiny_model,
     """A cold cache: both prompts (P=3, P=7) miss in the same prefill and share one forward."""
     model = tiny_model[0]
     engine = Engine(model, prefix_cache_bytes=1 << 24)
-    calls = []
-    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(1), with_kwargs=True)
+    passes, heads = [], []
+    hooks = [
+        model.base_model.register_forward_pre_hook(lambda module, args, kwargs: passes.append(1), with_kwargs=True),
+        model.get_output_embeddings().register_forward_hook(lambda module, args, out: heads.append(out.shape)),
+    ]
     try:
         engine.prefill(rows)
     finally:
-        hook.remove()
-    assert len(calls) == 2  # one pass for all missing prefixes, one for the queries
+        for hook in hooks:
+            hook.remove()
+    assert len(passes) == 2  # one pass for all missing prefixes, one for the queries
+    assert heads == [torch.Size([len(rows), 1, model.config.vocab_size])]  # logits only where a token is sampled
     cold = Engine(model, prefix_cache_bytes=1 << 24)
     assert run_engine(cold, rows, STEPS) == expected
     for row in rows:  # each cached entry holds exactly its own P positions, as if computed alone
