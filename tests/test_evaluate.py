@@ -1,4 +1,4 @@
-"""Greedy generation (batching/padding/prompt invariance), exact match, weighted F1, report."""
+"""Greedy generation (batching/padding/prompt invariance), scoring rules, weighted F1, report."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from spul.prompts_store import position_ids_from_mask, prepend_prompt
-from spul.trainer.data import Row, encode_batch
+from spul.trainer.data import DataMeta, Row, encode_batch
 from spul.trainer.evaluate import (
     Generation,
     evaluate_splits,
     format_table,
+    generate,
     greedy_ids,
-    predict,
     score,
     weighted_f1,
     write_report,
@@ -61,11 +61,25 @@ def test_batched_cached_greedy_matches_single_row_reference(tiny_model, with_pro
         assert (got[i, len(want) :] == tokenizer.eos_token_id).all()  # finished rows only pad with EOS
 
 
-def test_predictions_do_not_depend_on_batch_size(tiny_model):
+def test_generations_do_not_depend_on_batch_size(tiny_model):
     model, tokenizer = tiny_model
     prompt = torch.randn(4, model.config.hidden_size, generator=torch.Generator().manual_seed(2))
-    assert predict(model, tokenizer, ROWS, prompt, batch_size=1) == predict(model, tokenizer, ROWS, prompt, batch_size=3)
-    assert predict(model, tokenizer, [], prompt, batch_size=2) == []
+    assert generate(model, tokenizer, ROWS, prompt, batch_size=1) == generate(model, tokenizer, ROWS, prompt, batch_size=3)
+    assert generate(model, tokenizer, [], prompt, batch_size=2) == []
+
+
+def test_chat_template_generation_continues_the_rendered_prompt(tiny_model):
+    """With chat_template, generation starts after the template's assistant cue, exactly as a
+    hand-rendered prompt without added special tokens would."""
+    model, tokenizer = tiny_model
+    row = ROWS[0]
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": row.prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+    ids = torch.tensor([tokenizer(rendered, add_special_tokens=False)["input_ids"]])  # (1, T)
+    want = greedy_ids(model, ids, torch.ones_like(ids), None, max_new_tokens=3, eos_id=tokenizer.eos_token_id)
+    got = generate(model, tokenizer, [row], None, max_new_tokens=3, chat_template=True)
+    want_text = tokenizer.decode([t for t in want[0].tolist() if t != tokenizer.eos_token_id]).strip()
+    assert got[0].text == want_text
 
 
 def test_weighted_f1_matches_sklearn_example():
@@ -85,6 +99,37 @@ def test_exact_match_needs_the_answer_then_eos():
     gens = [Generation("in quellport", True), Generation("positive", False), Generation("negative", True)]
     m = score(rows, gens)
     assert m["n"] == 3 and m["accuracy"] == pytest.approx(1 / 3)
+    assert score(rows, gens, "exact") == m
+
+
+@pytest.mark.parametrize(
+    "gold, text, stopped, exact, contains",
+    [
+        ("Paris", "The capital of France is Paris.", True, False, True),
+        ("Paris", "paris", True, True, True),
+        ("Paris", "Paris is the capital and it", False, False, True),  # cut off: contains still counts
+        ("Rome", "Romeo and Juliet", True, False, False),  # whole words only
+        ("New York", "It is in new  york, USA", True, False, True),
+        ("New York", "York, New Jersey", True, False, False),  # words in order and contiguous
+        ("I don't know.", "i don't know", True, False, True),
+    ],
+)
+def test_scoring_rules(gold, text, stopped, exact, contains):
+    rows, gens = [Row("1", "p", gold)], [Generation(text, stopped)]
+    assert score(rows, gens, "exact")["accuracy"] == float(exact)
+    assert score(rows, gens, "contains")["accuracy"] == float(contains)
+
+
+def test_contains_rule_counts_a_match_as_the_gold_class_for_f1():
+    rows = [Row("1", "p", "Paris"), Row("2", "p", "Rome")]
+    gens = [Generation("It is Paris.", True), Generation("Milan", True)]
+    m = score(rows, gens, "contains")
+    assert m["accuracy"] == 0.5 and m["f1"] == pytest.approx(0.5)  # paris: F1 1; rome: F1 0
+
+
+def test_unknown_match_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown match rule"):
+        score([Row("1", "p", "a")], [Generation("a", True)], "fuzzy")
 
 
 def test_evaluate_splits_report_and_table(tiny_model, tmp_path):
@@ -95,8 +140,16 @@ def test_evaluate_splits_report_and_table(tiny_model, tmp_path):
     assert set(results) == {"original", "spul"}
     assert results["spul"]["test_retain"]["n"] == 2
     assert results["original"]["paraphrase"]["n"] == 0 and math.isnan(results["original"]["paraphrase"]["f1"])
-    write_report(tmp_path / "r.json", "qa", results)
+    write_report(tmp_path / "r.json", "qa", results, meta=DataMeta(name="qa", match="contains"))
     report = json.loads((tmp_path / "r.json").read_text())  # strict JSON: NaN became null
     assert report["task"] == "qa" and report["results"]["original"]["paraphrase"]["accuracy"] is None
-    table = format_table(results)
-    assert "train_forget" in table and "spul" in table
+    assert report["scoring"]["match"] == "contains" and report["scoring"]["chat_template"] is False
+
+
+def test_table_has_one_row_per_method_and_a_cell_per_split():
+    results = {"original": {"test_forget": {"accuracy": 1.0, "f1": 1.0, "n": 4}},
+               "spul": {"test_forget": {"accuracy": 0.25, "f1": 0.4, "n": 4}, "paraphrase": {"n": 0}}}
+    lines = format_table(results).splitlines()
+    assert lines[0].split() == ["method", "test_forget", "paraphrase"]
+    assert lines[2].split() == ["original", "100.0", "/", "100.0", "(4)", "-"]
+    assert lines[3].split() == ["spul", "25.0", "/", "40.0", "(4)", "-"]

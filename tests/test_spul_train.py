@@ -17,11 +17,16 @@ from spul.prompts_store import (
     prepend_prompt,
 )
 from spul.trainer.data import Row, encode_batch, open_world
-from spul.trainer.evaluate import predict
+from spul.trainer.evaluate import generate
 from spul.trainer.spul import PromptEncoder, SpulConfig, sample_batch, spul_loss, train_prompt
 from support.fake_world import write_fake_world
 
-FAST = dict(num_virtual_tokens=8, forget_per_batch=4, retain_per_batch=8, lr=1e-2)
+
+def predict(model, tok, rows, prompt):
+    return [g.text for g in generate(model, tok, rows, prompt)]
+
+
+FAST = {"num_virtual_tokens": 8, "forget_per_batch": 4, "retain_per_batch": 8, "lr": 1e-2}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,8 @@ def base(world):
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(num_virtual_tokens=0), dict(alpha=-1.0), dict(lr=0.0), dict(steps=0), dict(forget_per_batch=0),
-     dict(warmup_ratio=1.0), dict(max_grad_norm=0.0), dict(generic_labels=("",))],
+    [{"num_virtual_tokens": 0}, {"alpha": -1.0}, {"lr": 0.0}, {"steps": 0}, {"forget_per_batch": 0},
+     {"warmup_ratio": 1.0}, {"max_grad_norm": 0.0}, {"generic_labels": ("",)}],
 )
 def test_config_refuses_bad_values(bad):
     with pytest.raises(ValueError, match="invalid SPUL config"):

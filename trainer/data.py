@@ -23,6 +23,7 @@ and says what is wrong.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,7 +111,7 @@ class UnlearningData:
         ref = self.meta.base_model
         if ref is None:
             return None
-        path = Path(ref) if Path(ref).is_absolute() else self.root / ref
+        path = Path(os.path.normpath(ref if Path(ref).is_absolute() else self.root / ref))
         return str(path) if path.exists() or ref.startswith((".", "/")) else ref
 
     @property

@@ -1,4 +1,4 @@
-"""Greedy answers with and without a soft prompt, exact match, weighted F1, and the eval report.
+"""Greedy answers with and without a soft prompt, scoring (exact or contains), weighted F1, the eval report.
 
 One generation path for every caller (training's final eval, `spul eval`, the baselines, the
 server's equivalence test): batched greedy decoding with left padding, positions from the mask,
@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
+from spul.jsonsafe import json_safe
 from spul.models import autocast
 from spul.prompts_store import position_ids_from_mask, prepend_prompt
-from spul.trainer.data import Row, answer_ids, encode_batch
+from spul.trainer.data import MATCH_RULES, DataMeta, Row, answer_ids, encode_batch
+from spul.trainer.progress import Progress
 
 NO_EOS = " <no-eos>"  # marks an answer cut off by the token budget: never equal to a gold label
 
@@ -36,27 +38,16 @@ class Generation:
 
 
 def normalise(text: str) -> str:
+    """Lower case, whitespace collapsed (the exact rule)."""
     return " ".join(text.lower().split())
 
 
+def normalise_words(text: str) -> str:
+    """Lower case, every character that is not a letter or digit made a space, whitespace collapsed."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
 # ---------------------------------------------------------------- generation
-def predict(
-    model: Any,
-    tokenizer: Any,
-    rows: Sequence[Row],
-    prompt: torch.Tensor | None,
-    *,
-    batch_size: int = 64,
-    max_new_tokens: int | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> list[str]:
-    """Greedy answer text for each row (no EOS), with the (P, H) soft prompt prepended if given."""
-    gens = generate(
-        model, tokenizer, rows, prompt, batch_size=batch_size, max_new_tokens=max_new_tokens, amp_dtype=amp_dtype
-    )
-    return [g.text for g in gens]
-
-
 def generate(
     model: Any,
     tokenizer: Any,
@@ -65,26 +56,31 @@ def generate(
     *,
     batch_size: int = 64,
     max_new_tokens: int | None = None,
+    chat_template: bool = False,
     amp_dtype: torch.dtype | None = None,
+    progress: Progress | None = None,
 ) -> list[Generation]:
-    """Like `predict`, keeping whether each answer ended with EOS.
+    """Greedy answer for each row, with the (P, H) soft prompt prepended if given.
 
-    The default budget is the longest gold answer + 1 (for EOS) over *all* rows, so a row's
-    output does not depend on which batch it lands in.
+    Prompts are encoded exactly as in training (``encode_batch``, chat template or not). The
+    default budget is the longest gold answer + 1 (for EOS) over *all* rows, so a row's output
+    does not depend on which batch it lands in.
     """
     if not rows:
         return []
     if max_new_tokens is None:
-        max_new_tokens = max(len(answer_ids(tokenizer, r.answer)) for r in rows) + 1
+        max_new_tokens = max(len(answer_ids(tokenizer, r.answer, chat_template=chat_template)) for r in rows) + 1
     device = next(model.parameters()).device
     out: list[Generation] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        batch = encode_batch(tokenizer, [r.prompt for r in chunk]).to(device)
+        batch = encode_batch(tokenizer, [r.prompt for r in chunk], chat_template=chat_template).to(device)
         with autocast(device, amp_dtype):
             ids = greedy_ids(model, batch.input_ids, batch.attention_mask, prompt, max_new_tokens=max_new_tokens,
                              eos_id=tokenizer.eos_token_id)
         out.extend(_decode(tokenizer, seq, tokenizer.eos_token_id) for seq in ids.tolist())
+        if progress is not None:
+            progress.update(len(chunk))
     return out
 
 
@@ -146,10 +142,25 @@ def weighted_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
     return total / len(gold)
 
 
-def score(rows: Sequence[Row], gens: Sequence[Generation]) -> dict[str, float | int]:
-    """Exact match (answer tokens then EOS) and weighted F1 of one split."""
+def answer_matches(gold: str, gen: Generation, match: str = "exact") -> bool:
+    """Whether a generation counts as the gold answer under a scoring rule (see MATCH_RULES).
+
+    exact: the normalised generation equals the normalised gold answer and ended with EOS.
+    contains: the gold answer's words appear, in order and contiguous, among the generation's
+    words (both lower-cased, punctuation dropped), wherever the generation stopped.
+    """
+    if match == "exact":
+        return gen.stopped and normalise(gen.text) == normalise(gold)
+    if match == "contains":
+        words = normalise_words(gold) or normalise(gold)
+        return f" {words} " in f" {normalise_words(gen.text)} "
+    raise ValueError(f"unknown match rule {match!r}; choose one of {list(MATCH_RULES)}")
+
+
+def score(rows: Sequence[Row], gens: Sequence[Generation], match: str = "exact") -> dict[str, float | int]:
+    """Accuracy under the ``match`` rule and weighted F1 of one split."""
     gold = [normalise(r.answer) for r in rows]
-    pred = [g.label for g in gens]
+    pred = [g if answer_matches(r.answer, gen, match) else gen.label for r, g, gen in zip(rows, gold, gens)]
     accuracy = sum(g == p for g, p in zip(gold, pred)) / len(gold) if gold else math.nan
     return {"accuracy": accuracy, "f1": weighted_f1(gold, pred), "n": len(gold)}
 
@@ -161,27 +172,48 @@ def evaluate_splits(
     prompts: Mapping[str, torch.Tensor | None],
     *,
     batch_size: int = 64,
+    match: str = "exact",
+    chat_template: bool = False,
+    max_new_tokens: int | None = None,
     amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
 ) -> dict[str, dict[str, dict[str, float | int]]]:
     """{method: {split: {accuracy, f1, n}}} for every method (name -> prompt or None) and split."""
+    total = len(prompts) * sum(len(rows) for rows in splits.values())
     results: dict[str, dict[str, dict[str, float | int]]] = {}
-    for method, prompt in prompts.items():
-        results[method] = {}
-        for split, rows in splits.items():
-            gens = generate(model, tokenizer, rows, prompt, batch_size=batch_size, amp_dtype=amp_dtype)
-            results[method][split] = score(rows, gens)
+    with Progress(total, "eval", unit="row", enabled=progress) as bar:
+        for method, prompt in prompts.items():
+            results[method] = {}
+            for split, rows in splits.items():
+                gens = generate(model, tokenizer, rows, prompt, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                chat_template=chat_template, amp_dtype=amp_dtype, progress=bar)
+                results[method][split] = score(rows, gens, match)
     return results
 
 
 # ---------------------------------------------------------------- report
-def report_dict(task: str, results: Mapping[str, Any]) -> dict[str, Any]:
-    return {"task": task, "results": _nan_to_none(results)}
+def scoring_info(meta: DataMeta) -> dict[str, Any]:
+    """How generations were scored, recorded beside every result."""
+    return {"match": meta.match, "chat_template": meta.chat_template, "max_new_tokens": meta.max_new_tokens,
+            "normalisation": "lower case, whitespace collapsed" if meta.match == "exact"
+            else "lower case, punctuation dropped, whitespace collapsed"}
 
 
-def write_report(path: str | Path, task: str, results: Mapping[str, Any]) -> None:
+def report_dict(name: str, results: Mapping[str, Any], *, meta: DataMeta | None = None,
+                data_dir: str | Path | None = None) -> dict[str, Any]:
+    meta = meta or DataMeta(name=name)
+    out: dict[str, Any] = {"task": name, "scoring": scoring_info(meta), "results": json_safe(results)}
+    if data_dir is not None:
+        out["data"] = str(data_dir)
+    return out
+
+
+def write_report(path: str | Path, name: str, results: Mapping[str, Any], *, meta: DataMeta | None = None,
+                 data_dir: str | Path | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report_dict(task, results), indent=2, sort_keys=True) + "\n")
+    report = report_dict(name, results, meta=meta, data_dir=data_dir)
+    path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def format_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
@@ -199,11 +231,3 @@ def _cell(m: Mapping[str, Any] | None) -> str:
     if not m or not m.get("n"):
         return "-"
     return f"{100 * m['accuracy']:.1f} / {100 * m['f1']:.1f} ({m['n']})"
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _nan_to_none(v) for k, v in value.items()}
-    return value
