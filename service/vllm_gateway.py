@@ -1,0 +1,328 @@
+"""vLLM as the engine behind spul's gateway: each request goes out as `prompt_embeds`.
+
+The gateway keeps what vLLM lacks (profile store, validation, fail-closed policy, admin API,
+per-profile metrics) and holds only the tokenizer and the input-embedding matrix, never the
+model. For every request it builds `[profile prompt (P, H) ; token embeddings (T, H)]`, sends it
+to one vLLM server's `/v1/completions` (vLLM started with `--enable-prompt-embeds`) and streams
+the answer back as the same `TokenEvent`s the built-in scheduler produces, so the HTTP routes
+cannot tell the engines apart.
+
+Several vLLM servers: a profile is routed by consistent hashing, so each profile's prefix stays
+warm in one server's prefix cache; unhealthy servers are skipped (health polled in the
+background) and a request whose server fails before its first token moves to the next server on
+the ring. A request that cannot be sent with its profile fails: there is no path that answers
+without the prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import torch
+from prometheus_client import Counter, Gauge
+
+from spul.service.metrics import Metrics
+from spul.service.scheduler import GenerationRequest, QueueFull, ShuttingDown, TokenEvent
+
+log = logging.getLogger(__name__)
+
+VNODES = 64  # points per backend on the hash ring: spreads profiles evenly over a few servers
+FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "cancelled"}
+
+
+class BackendError(RuntimeError):
+    """A vLLM server refused or failed a request before it produced any text."""
+
+
+@dataclass
+class Backend:
+    url: str  # e.g. http://10.0.0.5:8001, no trailing slash
+    healthy: bool = True
+    last_error: str = ""
+
+
+class BackendRing:
+    """Consistent hashing of profile ids onto backends (sha256 ring with virtual nodes)."""
+
+    def __init__(self, backends: list[Backend]) -> None:
+        if not backends:
+            raise ValueError("at least one vLLM URL is needed (--vllm-url / SPUL_VLLM_URLS)")
+        self.backends = backends
+        points = sorted((_hash(f"{b.url}#{i}"), j) for j, b in enumerate(backends) for i in range(VNODES))
+        self._keys = [p for p, _ in points]
+        self._owners = [j for _, j in points]
+
+    def order(self, key: str) -> list[Backend]:
+        """Every backend once, starting at `key`'s owner and walking the ring; healthy ones first."""
+        start = bisect.bisect(self._keys, _hash(key)) % len(self._keys)
+        seen: list[int] = []
+        for i in range(len(self._keys)):
+            owner = self._owners[(start + i) % len(self._keys)]
+            if owner not in seen:
+                seen.append(owner)
+                if len(seen) == len(self.backends):
+                    break
+        ordered = [self.backends[j] for j in seen]
+        return [b for b in ordered if b.healthy] + [b for b in ordered if not b.healthy]
+
+
+def _hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def encode_prompt_embeds(embeds: torch.Tensor) -> str:
+    """vLLM's wire format for `prompt_embeds`: base64 of `torch.save` of a (T, H) tensor.
+
+    vLLM reads it with `torch.load(weights_only=True)`; only tensors this process built are sent.
+    """
+    buffer = io.BytesIO()
+    torch.save(embeds.detach().contiguous().cpu(), buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class GatewayStream:
+    """The caller's side of one gateway request: async-iterate its events; `cancel()` stops it."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self._done = False
+        self.task: asyncio.Task[None] | None = None
+
+    def push(self, event: TokenEvent) -> None:
+        self._queue.put_nowait(event)
+
+    def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def __aiter__(self) -> GatewayStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        self._done = event.finish_reason is not None
+        return event
+
+
+class VllmGateway:
+    """The scheduler interface (`start`, `submit`, `shutdown`, `pending`, `alive`) over vLLM servers."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        embedding: torch.Tensor,  # (V, H) the model's input-embedding matrix, on CPU
+        metrics: Metrics,
+        served_model: str | None = None,
+        max_queue: int = 256,
+        health_every_s: float = 2.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        self.ring = BackendRing([Backend(u.rstrip("/")) for u in urls])
+        self.embedding = embedding
+        self.metrics = metrics
+        self.served_model = served_model
+        self.max_queue = max_queue
+        self.health_every_s = health_every_s
+        self._timeout = httpx.Timeout(connect=connect_timeout_s, read=None, write=30.0, pool=30.0)
+        self._client: httpx.AsyncClient | None = None
+        self._health: asyncio.Task[None] | None = None
+        self._inflight: set[GatewayStream] = set()
+        self._closing = False
+        r = metrics.registry
+        self.backend_requests = Counter(
+            "spul_vllm_backend_requests", "Requests sent to a vLLM backend", ["backend", "outcome"], registry=r
+        )
+        self.backend_healthy = Gauge("spul_vllm_backend_healthy", "1 when the backend answers /health",
+                                     ["backend"], registry=r)
+        self.failovers = Counter("spul_vllm_failovers", "Requests moved to another backend", registry=r)
+
+    # ---- scheduler interface ------------------------------------------------------------------
+    def start(self) -> None:
+        """Called on the event loop once the runtime is built."""
+        self._client = httpx.AsyncClient(timeout=self._timeout, limits=httpx.Limits(max_connections=512))
+        for backend in self.ring.backends:
+            self.backend_healthy.labels(backend.url).set(1 if backend.healthy else 0)
+        if self.health_every_s > 0:
+            self._health = asyncio.create_task(self._health_loop())
+
+    def submit(self, request: GenerationRequest) -> GatewayStream:
+        if self._closing or self._client is None:
+            raise ShuttingDown("server is shutting down")
+        if len(self._inflight) >= self.max_queue:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise QueueFull(retry_after=1)
+        stream = GatewayStream()
+        self._inflight.add(stream)
+        stream.task = asyncio.create_task(self._run(request, stream))
+        stream.task.add_done_callback(lambda _: self._inflight.discard(stream))
+        return stream
+
+    async def shutdown(self, *, grace_s: float = 10.0) -> None:
+        self._closing = True
+        deadline = time.monotonic() + grace_s
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for stream in list(self._inflight):
+            stream.cancel()
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+        if self._client is not None:
+            await self._client.aclose()
+
+    def pending(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def alive(self) -> bool:
+        """Ready while at least one backend is healthy."""
+        return not self._closing and any(b.healthy for b in self.ring.backends)
+
+    # ---- one request ----------------------------------------------------------------------------
+    def build_embeds(self, request: GenerationRequest) -> torch.Tensor:
+        ids = torch.tensor(request.token_ids, dtype=torch.long)
+        tokens = self.embedding[ids]  # (T, H)
+        prompt = request.handle.embeddings.to(tokens.dtype).cpu()  # (P, H)
+        return torch.cat([prompt, tokens], dim=0)  # (P + T, H)
+
+    def body(self, request: GenerationRequest) -> dict[str, Any]:
+        sampling = request.sampling
+        body: dict[str, Any] = {
+            "model": self.served_model,
+            "prompt_embeds": encode_prompt_embeds(self.build_embeds(request)),
+            "max_tokens": request.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if request.stop:
+            body["stop"] = list(request.stop)
+        return body
+
+    async def _run(self, request: GenerationRequest, stream: GatewayStream) -> None:
+        label = self.metrics.profile_label(request.handle.profile)
+        started = time.perf_counter()
+        body = self.body(request)
+        errors: list[str] = []
+        for attempt, backend in enumerate(self.ring.order(request.handle.profile)):
+            if attempt:
+                self.failovers.inc()
+            try:
+                sent_any = await self._stream_from(backend, body, request, stream, label, started)
+            except asyncio.CancelledError:
+                stream.push(TokenEvent("", finish_reason="cancelled"))
+                self.metrics.requests.labels(label, "cancelled").inc()
+                raise
+            except BackendError as err:
+                errors.append(f"{backend.url}: {err}")
+                self.backend_requests.labels(backend.url, "failed").inc()
+                continue
+            if sent_any is not None:  # finished (normally or with a mid-stream error)
+                return
+        message = "no vLLM backend could serve the request: " + "; ".join(errors)
+        log.warning(message)
+        stream.push(TokenEvent("", finish_reason="error", error=message))
+        self.metrics.requests.labels(label, "error").inc()
+
+    async def _stream_from(
+        self, backend: Backend, body: dict[str, Any], request: GenerationRequest, stream: GatewayStream,
+        label: str, started: float,
+    ) -> bool:
+        """Stream one backend's answer into `stream`; raise BackendError if it failed before any text."""
+        assert self._client is not None
+        first = True
+        usage: dict[str, int] = {}
+        finish: str | None = None
+        try:
+            async with self._client.stream("POST", backend.url + "/v1/completions", json=body) as response:
+                if response.status_code != 200:
+                    detail = (await response.aread())[:500].decode(errors="replace")
+                    if response.status_code >= 500:
+                        self._mark(backend, healthy=False, error=f"HTTP {response.status_code}")
+                    raise BackendError(f"HTTP {response.status_code}: {detail}")
+                async for chunk in _sse_json(response.aiter_lines()):
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        text = choice.get("text") or ""
+                        finish = choice.get("finish_reason") or finish
+                        if text:
+                            if first:
+                                self.metrics.ttft.observe(time.perf_counter() - started)
+                                first = False
+                            stream.push(TokenEvent(text))
+        except (httpx.TransportError, httpx.StreamError, BackendError) as err:
+            if not isinstance(err, BackendError):
+                self._mark(backend, healthy=False, error=str(err) or type(err).__name__)
+            if first:  # nothing sent yet: the caller may try the next backend
+                raise err if isinstance(err, BackendError) else BackendError(f"{type(err).__name__}: {err}") from err
+            stream.push(TokenEvent("", finish_reason="error", error=f"backend {backend.url} failed mid-answer"))
+            self.backend_requests.labels(backend.url, "failed").inc()
+            self.metrics.requests.labels(label, "error").inc()
+            return True
+        reason = FINISH_REASONS.get(finish or "stop", "stop")
+        completion = int(usage.get("completion_tokens", 0))
+        stream.push(TokenEvent("", finish_reason=reason, prompt_tokens=len(request.token_ids),
+                               completion_tokens=completion))
+        self.backend_requests.labels(backend.url, "ok").inc()
+        self.metrics.requests.labels(label, reason).inc()
+        self.metrics.prompt_tokens.labels(label).inc(len(request.token_ids))
+        self.metrics.generation_tokens.labels(label).inc(completion)
+        self.metrics.e2e.observe(time.perf_counter() - started)
+        return True
+
+    # ---- health ---------------------------------------------------------------------------------
+    def _mark(self, backend: Backend, *, healthy: bool, error: str = "") -> None:
+        if backend.healthy and not healthy:
+            log.warning("vLLM backend %s marked unhealthy: %s", backend.url, error)
+        elif healthy and not backend.healthy:
+            log.info("vLLM backend %s is healthy again", backend.url)
+        backend.healthy, backend.last_error = healthy, error
+        self.backend_healthy.labels(backend.url).set(1 if healthy else 0)
+
+    async def check_health(self) -> None:
+        assert self._client is not None
+        for backend in self.ring.backends:
+            try:
+                response = await self._client.get(backend.url + "/health", timeout=2.0)
+                self._mark(backend, healthy=response.status_code == 200, error=f"HTTP {response.status_code}")
+            except httpx.HTTPError as err:
+                self._mark(backend, healthy=False, error=str(err) or type(err).__name__)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self.check_health()
+            await asyncio.sleep(self.health_every_s)
+
+
+async def _sse_json(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an OpenAI-style event stream, up to `data: [DONE]`."""
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            yield json.loads(data)
+        except json.JSONDecodeError as err:
+            raise BackendError(f"backend sent a malformed event: {data[:200]!r}") from err
