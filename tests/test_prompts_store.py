@@ -154,6 +154,42 @@ def test_fingerprint_changes_with_weights_and_tokenizer(tiny_model):
     assert model_fingerprint(model, grown) != fp
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fingerprint_is_the_same_for_every_dtype_a_checkpoint_is_loaded_in(tiny_model_dir, tmp_path, dtype):
+    """A trainer on float32 weights and a server on half-precision weights see one model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    fp32 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    bf16_dir = tmp_path / "bf16"  # published checkpoints are mostly stored in bfloat16
+    fp32.to(torch.bfloat16).save_pretrained(bf16_dir)
+    want = model_fingerprint(AutoModelForCausalLM.from_pretrained(bf16_dir, dtype=torch.float32), tokenizer)
+    assert model_fingerprint(AutoModelForCausalLM.from_pretrained(bf16_dir, dtype=dtype), tokenizer) == want
+    if dtype == torch.bfloat16:  # a float32 checkpoint served in bfloat16
+        fp32_fp = model_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), tokenizer)
+        half = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
+        assert model_fingerprint(half, tokenizer) == fp32_fp
+
+
+@pytest.mark.parametrize(
+    "change", [{"sliding_window": 8}, {"rope_parameters": {"rope_type": "default", "rope_theta": 123.0}},
+               {"rms_norm_eps": 1e-3}]
+)
+def test_fingerprint_covers_the_model_config(tiny_model, change):
+    """Same weights, different attention window / rope / norm: a different model."""
+    import copy
+
+    model, tokenizer = tiny_model
+    fp = model_fingerprint(model, tokenizer)
+    other = copy.deepcopy(model)
+    other.config.dtype = torch.bfloat16  # how it is held and where it came from: not identity
+    other.config._name_or_path = "/somewhere/else"
+    assert model_fingerprint(other, tokenizer) == fp
+    for key, value in change.items():
+        setattr(other.config, key, value)
+    assert model_fingerprint(other, tokenizer) != fp
+
+
 # ---- store ------------------------------------------------------------------------------
 def test_store_versions_activate_rollback_delete(tmp_path):
     store = PromptStore(tmp_path)
