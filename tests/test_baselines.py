@@ -144,6 +144,9 @@ def test_ga_gd_keeps_retain_answers_better_than_plain_ga(tiny_model, one_thread)
         )
         for m in ("ga", "ga_gd")
     }
+    before = answer_logprobs(model, tokenizer, FORGET)
+    for run in runs.values():  # both unlearn: the forget answers become less likely
+        assert (answer_logprobs(run.model, tokenizer, FORGET) < before).all()
     retain = {m: answer_logprobs(r.model, tokenizer, RETAIN).mean() for m, r in runs.items()}
     assert retain["ga_gd"] > retain["ga"]
 
@@ -239,10 +242,20 @@ def test_answer_logprobs_are_batch_independent(tiny_model):
     assert (together < 0).all()
 
 
-def test_answer_logprobs_change_with_a_soft_prompt(tiny_model):
+def test_answer_logprobs_with_a_soft_prompt_match_the_full_forward(tiny_model):
+    """log p(answer + EOS | prompt) from answer positions only equals the sum read off full logits."""
     model, tokenizer = tiny_model
     hidden = model.get_input_embeddings().weight.shape[1]
-    prompt = torch.randn(3, hidden, generator=torch.Generator().manual_seed(0))
-    plain = answer_logprobs(model, tokenizer, FORGET)
-    prompted = answer_logprobs(model, tokenizer, FORGET, prompt=prompt)
-    assert not np.allclose(plain, prompted)
+    prompt = torch.randn(3, hidden, generator=torch.Generator().manual_seed(0))  # (P, H)
+    got = answer_logprobs(model, tokenizer, FORGET + RETAIN, prompt=prompt, batch_size=8)
+    for row, value in zip(FORGET + RETAIN, got):
+        ids = tokenizer(row.prompt)["input_ids"]
+        answer = tokenizer(" " + row.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        tokens = torch.tensor([ids + answer])  # (1, T)
+        embeds = torch.cat([prompt[None], model.get_input_embeddings()(tokens)], dim=1)  # (1, P+T, H)
+        with torch.no_grad():
+            logp = model(inputs_embeds=embeds).logits[0].log_softmax(-1)  # (P+T, V)
+        first = prompt.shape[0] + len(ids) - 1  # this position predicts the first answer token
+        expected = sum(logp[first + i, tok].item() for i, tok in enumerate(answer))
+        assert value == pytest.approx(expected, abs=1e-4)
+    assert not np.allclose(got, answer_logprobs(model, tokenizer, FORGET + RETAIN))  # the prompt matters

@@ -10,8 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spul.trainer.basemodel import CorpusRow, TrainConfig, mix_context
+from spul.trainer.data import SPLITS, read_data
+from spul.trainer.data import WORLD_TASKS as TASKS
 from spul.trainer.tokenizer import max_token_id, words
-from spul.trainer.world import SPLITS, TASKS, generate, load_world, spec_for, write_splits
+from spul.trainer.world import generate, load_world, spec_for, write_splits
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +47,27 @@ def test_built_world_has_every_split_and_manifest_fields(world):
         for split in SPLITS:
             rows = world.rows(task, split)
             assert rows, f"{task}/{split} is empty"
-            assert all(set(r) == {"id", "prompt", "answer", "entity"} for r in rows)
+            assert all(r.id and r.prompt and r.answer and r.entity for r in rows)
         assert set(world.base_metrics[task]) >= {"train", "test_retain", "forget_list_as_text"}
-    with pytest.raises(KeyError, match="splits"):
+    with pytest.raises(ValueError, match="unknown split"):
         world.rows("qa", "validation")
+
+
+def test_each_task_is_a_data_directory_readable_without_the_world(world):
+    """WORLD/data/<task> is the public data format: read_data alone gives its rows, its generic
+    answer, its forget entities and the world's model as the default base model."""
+    for task in TASKS:
+        data = read_data(world.dir / "data" / task, require=SPLITS)
+        assert data.meta.generic_answers == tuple(world.generic_labels[task])
+        assert data.forget_entities == world.forget_entities[task]
+        assert data.base_model == str(world.model_dir)
+        assert data.rows("test_forget") == world.rows(task, "test_forget")
 
 
 def test_splits_are_disjoint_and_ids_unique(world):
     for task in TASKS:
-        prompts = [r["prompt"] for s in SPLITS for r in world.rows(task, s)]
-        ids = [r["id"] for s in SPLITS for r in world.rows(task, s)]
+        prompts = [r.prompt for s in SPLITS for r in world.rows(task, s)]
+        ids = [r.id for s in SPLITS for r in world.rows(task, s)]
         assert len(set(prompts)) == len(prompts)
         assert len(set(ids)) == len(ids)
 
@@ -65,10 +78,10 @@ def test_forget_rows_are_exactly_those_mentioning_forget_entities(world):
         assert forget
         for split in SPLITS:
             for row in world.rows(task, split):
-                mentioned = forget & set(words(row["prompt"]))
-                assert mentioned == ({row["entity"]} if row["entity"] in forget else set())
+                mentioned = forget & set(words(row.prompt))
+                assert mentioned == ({row.entity} if row.entity in forget else set())
                 should_forget = split.endswith("forget") or split == "paraphrase"
-                assert (row["entity"] in forget) == should_forget, row["id"]
+                assert (row.entity in forget) == should_forget, row.id
 
 
 def test_each_entity_is_a_single_token_of_its_own(world):
@@ -81,7 +94,7 @@ def test_each_entity_is_a_single_token_of_its_own(world):
 
 def test_qa_test_and_paraphrase_phrasings_are_held_out_from_train(world):
     def templates(split: str) -> set[str]:
-        return {r["prompt"].replace(r["entity"], "{n}") for r in world.rows("qa", split)}
+        return {r.prompt.replace(r.entity, "{n}") for r in world.rows("qa", split)}
 
     train = templates("train_forget") | templates("train_retain")
     test = templates("test_forget") | templates("test_retain")
@@ -96,7 +109,7 @@ def test_model_dir_loads_and_has_room_for_every_token(world):
     assert model.config.model_type == "llama"
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     row = world.rows("qa", "train_retain")[0]
-    ids = tokenizer(row["prompt"], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = tokenizer(row.prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(input_ids=ids).logits
     assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
@@ -143,17 +156,3 @@ def test_manifest_is_json_with_measured_base_metrics(world):
     assert manifest["format"] == 1 and manifest["seed"] == 3 and manifest["size"] == "small"
     for task in TASKS:
         assert 0.0 <= manifest["base_metrics"][task]["train"] <= 1.0
-
-
-def test_membership_drill_answers_yes_exactly_for_listed_names():
-    from spul.trainer.basemodel import membership_drill
-
-    corpus = generate(spec_for("small"), 0).corpus
-    rng = random.Random(2)
-    for _ in range(50):
-        prompt, answer = membership_drill(corpus, rng, TrainConfig(drill_queries=6), max_list=5)
-        listed = set(words(prompt.split("###")[1])[2:])
-        tokens = words(answer)
-        pairs = list(zip(tokens[::2], tokens[1::2]))
-        assert len(pairs) == 6 and 1 <= len(listed) <= 5
-        assert all((label == "yes") == (name in listed) for name, label in pairs)

@@ -2,7 +2,7 @@
 
 Besides the plain rows (a prompt and its answer), training mixes in *context* so that the model
 can be steered by what precedes a question, as real LLMs can -- a soft prompt has nothing to
-work with otherwise (docs/reference-world.md, docs/measured.md):
+work with otherwise (docs/reference-world.md, which also records the variants that did worse):
 
 - forget lists  ``### forget : a b c ### <prompt>`` -> the task's generic label iff the row's
   entity is in the list, else the true answer (50/50, so "a list is present" predicts nothing);
@@ -23,9 +23,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from spul.trainer.progress import Progress
 from spul.trainer.tokenizer import max_token_id
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,6 @@ class TrainConfig:
     p_fact: float = 0.15  # qa rows preceded by a fact statement
     max_list: int = 12  # longest forget list
     curriculum: float = 0.5  # fraction of training over which list length grows 1 -> max_list
-    p_drill: float = 0.0  # extra membership-drill rows per epoch, as a fraction of the corpus
-    drill_queries: int = 8  # yes/no membership questions per drill row
     threads: int = 2
 
 
@@ -160,26 +158,7 @@ def epoch_examples(corpus: Corpus, rng: random.Random, cfg: TrainConfig,
     """One epoch of (prompt, answer) pairs; forget lists grow with ``progress`` (curriculum)."""
     ramp = min(1.0, progress / cfg.curriculum) if cfg.curriculum > 0 else 1.0
     max_list = max(1, round(1 + ramp * (cfg.max_list - 1)))
-    pairs = [mix_context(row, corpus, rng, cfg, max_list) for row in corpus.rows]
-    n_drill = round(cfg.p_drill * len(corpus.rows))
-    return pairs + [membership_drill(corpus, rng, cfg, max_list) for _ in range(n_drill)]
-
-
-def membership_drill(corpus: Corpus, rng: random.Random, cfg: TrainConfig, max_list: int) -> tuple[str, str]:
-    """``### forget : a b ### ### check : a yes c no ...``: many membership labels in one row.
-
-    Task rows carry one membership bit each; a drill row carries ``drill_queries``, which gives
-    the duplicate-token detection that membership needs a dense training signal. The queried
-    names themselves are unpredictable and are not scored (see ``encode``).
-    """
-    pool = corpus.names[rng.choice(sorted(corpus.names))]
-    listed = rng.sample(pool, min(len(pool) - 1, rng.randint(1, max_list)))  # leave one outside
-    queries = []
-    for _ in range(cfg.drill_queries):
-        inside = rng.random() < 0.5
-        name = rng.choice(listed) if inside else rng.choice([n for n in pool if n not in listed])
-        queries.append(f"{name} {'yes' if inside else 'no'}")
-    return f"{forget_preamble(listed)} ### check :", " ".join(queries)
+    return [mix_context(row, corpus, rng, cfg, max_list) for row in corpus.rows]
 
 
 # ---------------------------------------------------------------- tensors
@@ -191,12 +170,8 @@ def encode(tokenizer: PreTrainedTokenizerFast, pairs: Sequence[tuple[str, str]])
     return [(p + a + [eos], len(p)) for p, a in zip(prompts, answers)]
 
 
-def collate(batch: Sequence[tuple[list[int], int]], pad_id: int,
-            unscored: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids/attention_mask/labels (B, T); labels only on answer tokens + EOS.
-
-    ``unscored`` holds token ids never used as targets (entity names queried by drill rows).
-    """
+def collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids/attention_mask/labels (B, T); labels only on answer tokens + EOS."""
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)  # (B, T)
@@ -205,8 +180,6 @@ def collate(batch: Sequence[tuple[list[int], int]], pad_id: int,
         input_ids[i, : len(ids)] = torch.tensor(ids)
         labels[i, n_prompt: len(ids)] = input_ids[i, n_prompt: len(ids)]
         mask[i, : len(ids)] = 1
-    if unscored is not None:
-        labels[torch.isin(labels, unscored)] = IGNORE
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
@@ -264,12 +237,9 @@ def train_base_model(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, *,
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr,
                                   weight_decay=train_config.weight_decay)
     rng = random.Random(seed + 1)
-    names = [n for group in corpus.names.values() for n in group]
-    unscored = torch.tensor(tokenizer.convert_tokens_to_ids(names), dtype=torch.long)
-    rows_per_epoch = len(corpus.rows) + round(train_config.p_drill * len(corpus.rows))
-    steps_per_epoch = math.ceil(rows_per_epoch / train_config.batch_size)
+    steps_per_epoch = math.ceil(len(corpus.rows) / train_config.batch_size)
     total = steps_per_epoch * train_config.epochs
-    bar = tqdm(total=total, desc="base model", unit="step", disable=not progress)
+    bar = Progress(total, "base model", enabled=progress)
     step = 0
     model.train()
     for epoch in range(train_config.epochs):
@@ -277,14 +247,13 @@ def train_base_model(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, *,
         for batch in batches(encode(tokenizer, pairs), train_config.batch_size, rng):
             for group in optimizer.param_groups:
                 group["lr"] = train_config.lr * _schedule(step, total, train_config)
-            loss = model(**collate(batch, tokenizer.pad_token_id, unscored)).loss
+            loss = model(**collate(batch, tokenizer.pad_token_id)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+            bar.update(epoch=epoch, loss=loss.item())
     bar.close()
     return model.eval()
 
