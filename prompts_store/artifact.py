@@ -155,9 +155,14 @@ def load_artifact(
     *,
     expected_fingerprint: str | None = None,
     expected_hidden_size: int | None = None,
+    serving_dtype: torch.dtype | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> PromptArtifact:
-    """Parse and validate an artifact from a path or bytes. Raises ArtifactError naming the problem."""
+    """Parse and validate an artifact from a path or bytes. Raises ArtifactError naming the problem.
+
+    With `serving_dtype`, the values must also stay finite once converted to it (a float32 1e6
+    is inf in float16): a prompt that would be served as inf/NaN is refused here.
+    """
     data = _read_bounded(source, max_bytes)
     header = _parse_header(data)
     meta = ArtifactMeta.from_header(header.get("__metadata__") or {})
@@ -170,6 +175,8 @@ def load_artifact(
     _check_finite(tensor)
     if tensor_digest(tensor) != meta.tensor_sha256:
         raise ArtifactError("digest_mismatch", "tensor bytes do not match the digest in the metadata (corrupted?)")
+    if serving_dtype is not None:
+        _check_fits(tensor, serving_dtype)
     if expected_hidden_size is not None and meta.hidden_size != expected_hidden_size:
         raise ArtifactError(
             "hidden_size_mismatch",
@@ -245,6 +252,19 @@ def _check_header_tensors(header: dict[str, Any], meta: ArtifactMeta) -> None:
 def _check_finite(tensor: torch.Tensor) -> None:
     if not torch.isfinite(tensor.float()).all():
         raise ArtifactError("non_finite", "prompt embeddings contain NaN or Inf")
+
+
+def _check_fits(tensor: torch.Tensor, dtype: torch.dtype) -> None:
+    """The values stay finite once held in `dtype` (the dtype the model serves in)."""
+    if torch.isfinite(tensor.to(dtype)).all():
+        return
+    largest = float(tensor.float().abs().max())
+    raise ArtifactError(
+        "non_finite",
+        f"prompt embeddings overflow {str(dtype).removeprefix('torch.')} (largest magnitude {largest:.3g}, "
+        f"limit {torch.finfo(dtype).max:.3g}): serve in a wider dtype (SPUL_DTYPE=bfloat16 or float32) "
+        "or retrain the prompt",
+    )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

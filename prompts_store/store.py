@@ -24,6 +24,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from spul.prompts_store.artifact import DEFAULT_MAX_BYTES, PromptArtifact, load_artifact
 from spul.prompts_store.atomic import atomic_write_bytes, fsync_dir, link_exclusive, write_temp
 
@@ -130,6 +132,7 @@ class PromptStore:
         *,
         expected_fingerprint: str | None = None,
         expected_hidden_size: int | None = None,
+        serving_dtype: torch.dtype | None = None,
     ) -> tuple[int, PromptArtifact]:
         """Load and validate the active (or the given) version. Returns (version, artifact)."""
         if version is None:
@@ -143,6 +146,7 @@ class PromptStore:
             path,
             expected_fingerprint=expected_fingerprint,
             expected_hidden_size=expected_hidden_size,
+            serving_dtype=serving_dtype,
             max_bytes=self.max_bytes,
         )
         return version, artifact
@@ -163,6 +167,7 @@ class PromptStore:
         activate: bool = True,
         expected_fingerprint: str | None = None,
         expected_hidden_size: int | None = None,
+        serving_dtype: torch.dtype | None = None,
     ) -> VersionInfo:
         """Validate `data` as an artifact and publish it as the next version of `profile`."""
         validate_profile_id(profile)
@@ -170,6 +175,7 @@ class PromptStore:
             data,
             expected_fingerprint=expected_fingerprint,
             expected_hidden_size=expected_hidden_size,
+            serving_dtype=serving_dtype,
             max_bytes=self.max_bytes,
         )
         pdir = self.root / "profiles" / profile

@@ -140,6 +140,7 @@ class PromptRegistry:
             version,
             expected_fingerprint=self.identity.fingerprint,
             expected_hidden_size=self.identity.hidden_size,
+            serving_dtype=self.identity.dtype,
         )
         embeddings = self._by_sha.get(artifact.sha256)
         if embeddings is None:
@@ -177,6 +178,7 @@ class PromptRegistry:
                 activate=activate,
                 expected_fingerprint=self.identity.fingerprint,
                 expected_hidden_size=self.identity.hidden_size,
+                serving_dtype=self.identity.dtype,
             )
             self._reload_one(profile)
         return info
@@ -189,6 +191,7 @@ class PromptRegistry:
                 version,
                 expected_fingerprint=self.identity.fingerprint,
                 expected_hidden_size=self.identity.hidden_size,
+                serving_dtype=self.identity.dtype,
             )
             info = self.store.activate(profile, version)
             self._reload_one(profile)

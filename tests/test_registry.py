@@ -1,0 +1,45 @@
+"""The prompt registry over a real store: what it refuses to load, and which ids it refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spul.prompts_store import ArtifactError, PromptStore, artifact_bytes
+from spul.service.registry import ModelIdentity, ProfileUnavailable, PromptRegistry
+
+FP = "sha256:" + "cd" * 32
+HIDDEN = 8
+
+
+def prompt_bytes(fill: float, profile: str = "wide") -> bytes:
+    return artifact_bytes(torch.full((3, HIDDEN), fill), profile=profile, base_model="m", base_fingerprint=FP)
+
+
+def registry_for(store: PromptStore, dtype: torch.dtype) -> PromptRegistry:
+    return PromptRegistry(store, ModelIdentity(FP, HIDDEN, torch.device("cpu"), dtype))
+
+
+def test_a_prompt_that_overflows_the_serving_dtype_is_refused_at_upload(tmp_path):
+    registry = registry_for(PromptStore(tmp_path), torch.float16)
+    with pytest.raises(ArtifactError) as err:
+        registry.upload("wide", prompt_bytes(1e6))  # finite in float32, inf in float16
+    assert err.value.reason == "non_finite" and "float16" in str(err.value)
+    assert registry.store.profiles() == []  # nothing published
+    registry.upload("narrow", prompt_bytes(1e3))  # fits: served
+    assert registry.loaded() == ["narrow"]
+
+
+def test_a_stored_prompt_that_overflows_the_serving_dtype_is_never_served(tmp_path):
+    store = PromptStore(tmp_path)
+    store.put("wide", prompt_bytes(1e6))  # fine for a float32 server sharing the store
+    half = registry_for(store, torch.float16)
+    half.refresh()
+    assert half.loaded() == [] and "float16" in half.broken()["wide"]
+    with pytest.raises(ProfileUnavailable):
+        half.resolve("wide")
+    wide = registry_for(store, torch.float32)
+    wide.refresh()
+    assert wide.loaded() == ["wide"]
+    with pytest.raises(ArtifactError):  # nor can it be switched to on a float16 server
+        half.activate("wide", 1)
