@@ -114,9 +114,37 @@ class Engine:
     @torch.inference_mode()
     def prefill(self, rows: list[PrefillRow]) -> tuple[torch.Tensor, KVBatch]:
         """Run the newcomers' prompts + queries. Returns last-position logits (B, V) and their cache."""
+        past, inputs = self.begin(rows)
+        return self.extend(past, inputs)
+
+    @torch.inference_mode()
+    def begin(self, rows: list[PrefillRow]) -> tuple[KVBatch | None, list[torch.Tensor]]:
+        """Each row's starting cache and the input embeddings (T_i, H) still to run through the model.
+
+        With the prefix cache the cache holds each row's prompt K/V (computed once per version) and
+        the inputs are the query tokens; without it there is no cache and the inputs are
+        [prompt ; query]. The inputs may be fed to `extend` whole or in chunks.
+        """
+        embeds = [self.embed(torch.tensor(row.token_ids, dtype=torch.long, device=self.device)) for row in rows]
         if self.prefix_cache.enabled:
-            return self._prefill_cached(rows)
-        return self._prefill_full(rows)
+            return concat_batches(self._prefixes(rows)), embeds  # (B, kvh, Pmax, hd)
+        ones = [torch.ones(1, e.shape[0], dtype=torch.long, device=self.device) for e in embeds]
+        return None, [prepend_prompt(row.prompt, e[None], m)[0][0] for row, e, m in zip(rows, embeds, ones)]  # (P+T, H)
+
+    @torch.inference_mode()
+    def extend(
+        self, past: KVBatch | None, inputs: list[torch.Tensor], *, logits: bool = True
+    ) -> tuple[torch.Tensor | None, KVBatch]:
+        """Append each row's input embeddings (T_i, H), left-padded to the longest, to its cache.
+
+        Returns the last position's logits (B, V) -- None with `logits=False`, when no token is
+        sampled after this chunk -- and the grown cache.
+        """
+        embeds, new_mask = _left_pad_rows([(e, torch.ones(e.shape[0], dtype=torch.long, device=self.device))
+                                           for e in inputs])  # (B, T, H), (B, T)
+        mask = torch.cat([past.mask, new_mask], dim=1) if past is not None else new_mask  # (B, L+T)
+        positions = position_ids_from_mask(mask)[:, mask.shape[1] - embeds.shape[1] :]  # (B, T)
+        return self._forward(embeds, mask, positions, past, logits=logits)
 
     @torch.inference_mode()
     def decode(self, batch: KVBatch, token_ids: list[int]) -> tuple[torch.Tensor, KVBatch]:
@@ -126,29 +154,6 @@ class Engine:
         mask = torch.cat([batch.mask, batch.mask.new_ones(batch.batch_size, 1)], dim=1)  # (B, L+1)
         return self._forward(self.embed(ids), mask, positions, batch)
 
-    # ---- prefill paths -----------------------------------------------------------------
-    def _prefill_full(self, rows: list[PrefillRow]) -> tuple[torch.Tensor, KVBatch]:
-        """No prefix cache: [prompt ; query] per row, left-padded to the longest row."""
-        parts = []
-        for row in rows:
-            ids = torch.tensor(row.token_ids, dtype=torch.long, device=self.device)[None]  # (1, T)
-            embeds, mask, _ = prepend_prompt(row.prompt, self.embed(ids), torch.ones_like(ids))
-            parts.append((embeds[0], mask[0]))  # (P+T, H), (P+T,)
-        embeds, mask = _left_pad_rows(parts)  # (B, L, H), (B, L)
-        return self._forward(embeds, mask, position_ids_from_mask(mask), None)
-
-    def _prefill_cached(self, rows: list[PrefillRow]) -> tuple[torch.Tensor, KVBatch]:
-        """Prefix K/V from the cache (computed once per version), then only the queries."""
-        past = concat_batches(self._prefixes(rows))  # (B, kvh, Pmax, hd)
-        parts = []
-        for row in rows:
-            ids = torch.tensor(row.token_ids, dtype=torch.long, device=self.device)  # (T,)
-            parts.append((self.embed(ids), torch.ones_like(ids)))
-        embeds, query_mask = _left_pad_rows(parts)  # (B, T, H), (B, T)
-        mask = torch.cat([past.mask, query_mask], dim=1)  # (B, Pmax+T)
-        positions = position_ids_from_mask(mask)[:, past.length :]  # (B, T)
-        return self._forward(embeds, mask, positions, past)
-
     def _prefixes(self, rows: list[PrefillRow]) -> list[KVBatch]:
         """Each row's prompt K/V: from the cache, else computed -- all misses in one forward pass.
 
@@ -156,40 +161,37 @@ class Engine:
         prompts (left-padded, positions from the mask) costs far less than one pass per prompt.
         """
         found = {row.prompt_key: self.prefix_cache.get(row.prompt_key) for row in rows}
+        for row in rows:  # counted in prompt positions, as vLLM counts prefix-cache queries and hits
+            self.prefix_cache.record(queried=row.prompt.shape[0], hit=found[row.prompt_key] is not None)
         missing = {row.prompt_key: row.prompt for row in rows if found[row.prompt_key] is None}
         if missing:
             keys = list(missing)
-            prompts = [(missing[k], torch.ones(missing[k].shape[0], dtype=torch.long, device=self.device))
-                       for k in keys]
-            embeds, mask = _left_pad_rows(prompts)  # (M, Pmax, H), (M, Pmax)
-            positions = position_ids_from_mask(mask)
-            # the base model only: a prefix is never sampled from, so no logits are computed
-            out = self.model.base_model(
-                inputs_embeds=embeds,
-                attention_mask=self.layout.masks(mask, positions, self.dtype),
-                position_ids=positions,
-                cache=DynamicCache(),  # full-length keys in every layer, sliding or not
-                use_cache=True,
-            )
-            computed = KVBatch.from_cache(out.cache, mask)
+            _, computed = self.extend(None, [missing[k] for k in keys], logits=False)  # a prefix is never sampled
             for i, key in enumerate(keys):
                 found[key] = computed.select([i])  # drops this row's pad columns: exactly its P positions
                 self.prefix_cache.put(key, found[key])
         return [found[row.prompt_key] for row in rows]
 
     def _forward(
-        self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, past: KVBatch | None
-    ) -> tuple[torch.Tensor, KVBatch]:
-        out = self.model(
-            inputs_embeds=embeds,
-            attention_mask=self.layout.masks(mask, positions, self.dtype),
-            position_ids=positions,
-            cache=past.as_cache() if past is not None else DynamicCache(),  # full-length keys in every layer
-            use_cache=True,
-            logits_to_keep=1,  # only the last position's logits are ever sampled
-        )
-        logits = out.logits[:, -1].float()  # (B, V)
-        return logits, KVBatch.from_cache(out.cache, mask)
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        past: KVBatch | None,
+        *,
+        logits: bool = True,
+    ) -> tuple[torch.Tensor | None, KVBatch]:
+        kwargs = {
+            "inputs_embeds": embeds,
+            "attention_mask": self.layout.masks(mask, positions, self.dtype),
+            "position_ids": positions,
+            "cache": past.as_cache() if past is not None else DynamicCache(),  # full-length keys in every layer
+            "use_cache": True,
+        }
+        if not logits:  # the base model only: nothing is sampled after this chunk
+            return None, KVBatch.from_cache(self.model.base_model(**kwargs).cache, mask)
+        out = self.model(**kwargs, logits_to_keep=1)  # only the last position's logits are ever sampled
+        return out.logits[:, -1].float(), KVBatch.from_cache(out.cache, mask)  # (B, V)
 
 
 def _left_pad_rows(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

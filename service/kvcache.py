@@ -106,8 +106,11 @@ class PrefixCache:
         self._entries: OrderedDict[str, KVBatch] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._active: set[str] | None = None  # the keys of the last `retain`; None = not told yet
         self.hits = 0
         self.misses = 0
+        self.query_tokens = 0  # prompt positions looked up
+        self.hit_tokens = 0  # prompt positions found
 
     @property
     def enabled(self) -> bool:
@@ -130,11 +133,19 @@ class PrefixCache:
             self.hits += 1
             return entry
 
+    def record(self, *, queried: int, hit: bool) -> None:
+        """Count one lookup of `queried` prompt positions (for the metrics)."""
+        with self._lock:
+            self.query_tokens += queried
+            self.hit_tokens += queried if hit else 0
+
     def put(self, key: str, entry: KVBatch) -> None:
         size = entry.nbytes()
         if size > self.max_bytes:
             return  # larger than the whole budget: serve it uncached rather than thrash
         with self._lock:
+            if self._active is not None and key not in self._active:
+                return  # retired while its prefill ran: storing it would undo the last `retain`
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes()
@@ -145,7 +156,12 @@ class PrefixCache:
                 self._bytes -= evicted.nbytes()
 
     def retain(self, keys: set[str]) -> None:
-        """Drop every entry whose version is no longer active (called after store changes)."""
+        """Keep only the active versions' entries; until the next call, `put` refuses other keys.
+
+        Called after store changes. A prefill that started before the change may still `put` a
+        retired version's prefix; refusing it keeps the retired entry from coming back.
+        """
         with self._lock:
+            self._active = set(keys)
             for key in [k for k in self._entries if k not in keys]:
                 self._bytes -= self._entries.pop(key).nbytes()

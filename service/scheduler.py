@@ -2,14 +2,21 @@
 
 Iteration-level (continuous) batching: between two decode steps the engine thread admits
 waiting requests (prefill) and drops finished, cancelled or timed-out ones, so a long
-generation never holds a short one back. The queue is bounded: `submit` raises `QueueFull`
-instead of letting clients hang, and `ShuttingDown` once shutdown has begun.
+generation never holds a short one back. Each step runs at most `max_step_tokens` tokens
+(one per running row plus prefill): a long prompt is prefilled in chunks over several steps,
+so it never stalls the running decodes for more than one step's budget. Waiting requests are
+admitted cheapest first (prompt + soft prompt + max_new_tokens), ageing with their wait, so a
+short request does not queue behind many long ones and a long one is not starved.
+
+`submit` fails at once instead of letting clients hang: `QueueFull` when the queue is full,
+`ContextTooLong` when the request cannot fit the model's positions, `ShuttingDown` once
+shutdown has begun or the engine thread has stopped. A stream whose engine thread dies, or
+that outlives its deadline, ends with an error or timeout event on the asyncio side.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import threading
 import time
@@ -21,11 +28,17 @@ import torch
 from spul.service.engine import Engine, PrefillRow
 from spul.service.kvcache import KVBatch, concat_batches
 from spul.service.metrics import Metrics
+from spul.service.policy import PromptTooLong
 from spul.service.registry import PromptHandle
 from spul.service.sampling import SamplingParams, make_generator, sample
 from spul.service.textstream import TextTracker
 
 log = logging.getLogger(__name__)
+
+MIN_PREFILL_TOKENS = 16  # prefill tokens a step may always run, however many rows decode
+AGEING_TOKENS_PER_S = 32.0  # a waiting request's cost drops by this much per second waited
+STREAM_POLL_S = 1.0  # how often a waiting stream checks that the engine thread is alive
+STREAM_GRACE_S = 5.0  # past its deadline, a stream stops waiting for the engine's own timeout event
 
 
 class QueueFull(Exception):
@@ -40,12 +53,28 @@ class ShuttingDown(Exception):
     """The scheduler no longer accepts requests."""
 
 
+class EngineStopped(ShuttingDown):
+    """The engine thread has stopped (a bug or a fault): nothing submitted now would be served."""
+
+
+class ContextTooLong(PromptTooLong):
+    """Soft prompt + query + max_new_tokens exceed the positions the model can attend over."""
+
+    def __init__(self, *, prompt: int, query: int, max_new_tokens: int, limit: int) -> None:
+        super().__init__(
+            f"the request needs {prompt + query + max_new_tokens} positions (soft prompt {prompt} + query "
+            f"{query} + max_new_tokens {max_new_tokens}) but the model's context length is {limit}; "
+            "shorten the prompt or lower max_tokens"
+        )
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     handle: PromptHandle  # resolved once: the request keeps this version to the end
     token_ids: tuple[int, ...]
     max_new_tokens: int
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
     timeout_s: float | None = None
 
@@ -63,10 +92,19 @@ class TokenEvent:
 class RequestStream:
     """The caller's side of one request: async-iterate its events; `cancel()` frees its slot."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake: threading.Condition) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        wake: threading.Condition,
+        *,
+        alive: Any = lambda: True,
+        deadline: float | None = None,
+    ) -> None:
         self._loop = loop
         self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self._wake = wake
+        self._alive = alive  # () -> bool: is the engine thread still running?
+        self._deadline = deadline  # time.perf_counter() after which the engine owes a final event
         self._done = False
         self.cancelled = threading.Event()
 
@@ -88,9 +126,30 @@ class RequestStream:
     async def __anext__(self) -> TokenEvent:
         if self._done:
             raise StopAsyncIteration
-        event = await self._queue.get()
+        event = await self._next_event()
         self._done = event.finish_reason is not None
         return event
+
+    async def _next_event(self) -> TokenEvent:
+        """The engine's next event; an error if its thread died, a timeout long past the deadline."""
+        while True:
+            if not self._queue.empty():
+                return self._queue.get_nowait()
+            wait = STREAM_POLL_S
+            if self._deadline is not None:
+                wait = min(wait, max(0.0, self._deadline + STREAM_GRACE_S - time.perf_counter()))
+            try:
+                return await asyncio.wait_for(self._queue.get(), timeout=wait)
+            except TimeoutError:
+                pass
+            if not self._queue.empty():
+                continue
+            if not self._alive():
+                self.cancelled.set()
+                return TokenEvent(text="", finish_reason="error", error="the engine thread has stopped")
+            if self._deadline is not None and time.perf_counter() > self._deadline + STREAM_GRACE_S:
+                self.cancel()
+                return TokenEvent(text="", finish_reason="timeout")
 
 
 @dataclass
@@ -112,6 +171,25 @@ class _Sequence:
         timeout = self.request.timeout_s
         return self.submitted_at + timeout if timeout else float("inf")
 
+    @property
+    def prefill_tokens(self) -> int:
+        """Positions its prefill runs: soft prompt + query."""
+        return self.request.handle.embeddings.shape[0] + len(self.request.token_ids)
+
+    def priority(self, now: float) -> float:
+        """Lower goes first: the request's token cost, less an allowance for the time it has waited."""
+        cost = self.prefill_tokens + self.request.max_new_tokens
+        return cost - AGEING_TOKENS_PER_S * (now - self.submitted_at)
+
+
+@dataclass
+class _Chunked:
+    """A request whose prompt is being prefilled over several steps."""
+
+    seq: _Sequence
+    past: KVBatch | None  # the cache so far (B=1)
+    inputs: torch.Tensor  # (N, H) input embeddings not yet run
+
 
 class Scheduler:
     def __init__(
@@ -122,6 +200,7 @@ class Scheduler:
         *,
         max_batch_size: int = 32,
         max_queue: int = 256,
+        max_step_tokens: int = 256,
         eos_token_ids: set[int] | None = None,
     ) -> None:
         self.engine = engine
@@ -129,13 +208,16 @@ class Scheduler:
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
+        self.max_step_tokens = max_step_tokens
         self.eos_token_ids = eos_token_ids if eos_token_ids is not None else {tokenizer.eos_token_id}
         self._cond = threading.Condition()
-        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._waiting: list[_Sequence] = []
         self._active: list[_Sequence] = []
         self._batch: KVBatch | None = None
+        self._chunked: _Chunked | None = None
         self._closing = False  # no new requests
         self._abort = False  # cancel whatever is left and exit
+        self._prefix_seen = (0, 0)  # prefix-cache (queries, hits) already exported
         self._thread = threading.Thread(target=self._run, name="spul-engine", daemon=True)
 
     # ---- asyncio side --------------------------------------------------------------------
@@ -143,25 +225,44 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, request: GenerationRequest) -> RequestStream:
-        stream = RequestStream(asyncio.get_running_loop(), self._cond)
+        self._check_context(request)
+        now = time.perf_counter()
+        timeout = request.timeout_s
+        stream = RequestStream(
+            asyncio.get_running_loop(),
+            self._cond,
+            alive=self._serving,
+            deadline=now + timeout if timeout else None,
+        )
         seq = _Sequence(
             request=request,
             stream=stream,
             tracker=TextTracker(self.tokenizer, request.stop),
-            submitted_at=time.perf_counter(),
+            submitted_at=now,
             label=self.metrics.profile_label(request.handle.profile),
             generator=make_generator(request.sampling),
         )
         with self._cond:
             if self._closing:
                 raise ShuttingDown("server is shutting down")
+            if not self._serving():
+                raise EngineStopped("the engine thread has stopped; the server must be restarted")
             if len(self._waiting) >= self.max_queue:
-                self.metrics.rejected.labels("queue_full").inc()
                 raise QueueFull(retry_after=1)
             self._waiting.append(seq)
             self.metrics.waiting.set(len(self._waiting))
             self._cond.notify()
         return stream
+
+    def _check_context(self, request: GenerationRequest) -> None:
+        limit = self.engine.max_positions
+        prompt, query = request.handle.embeddings.shape[0], len(request.token_ids)
+        if limit is not None and prompt + query + request.max_new_tokens > limit:
+            raise ContextTooLong(prompt=prompt, query=query, max_new_tokens=request.max_new_tokens, limit=limit)
+
+    def _serving(self) -> bool:
+        """False once a started engine thread has stopped; True before `start`."""
+        return self._thread.is_alive() or self._thread.ident is None
 
     async def shutdown(self, *, grace_s: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish for `grace_s`, cancel the rest, exit."""
@@ -178,7 +279,7 @@ class Scheduler:
             await asyncio.to_thread(self._thread.join, 10.0)
 
     def pending(self) -> int:
-        return len(self._waiting) + len(self._active)
+        return len(self._waiting) + len(self._active) + (self._chunked is not None)
 
     @property
     def alive(self) -> bool:
@@ -187,69 +288,153 @@ class Scheduler:
 
     # ---- engine thread -------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            newcomers = self._next_work()
-            if newcomers is None:
-                return
+        while self._wait_for_work():
+            newcomers: list[_Sequence] = []
             try:
                 self._prune()
-                if newcomers:
-                    self._admit(newcomers)
+                allowance = max(self.max_step_tokens - len(self._active), MIN_PREFILL_TOKENS)
+                allowance -= self._advance_chunked(allowance)
+                whole, chunked = self._pick(allowance)
+                newcomers = [*whole, *([chunked] if chunked is not None else [])]
+                if whole:
+                    self._admit(whole)
+                if chunked is not None:
+                    self._start_chunked(chunked, allowance - sum(s.prefill_tokens for s in whole))
                 if self._active:
                     self._step()
             except Exception as err:  # a bug must fail the rows it touched, never the engine thread
                 log.exception("engine iteration failed")
-                for seq in [*newcomers, *self._active]:
+                chunked_seq = [self._chunked.seq] if self._chunked is not None else []
+                for seq in [*newcomers, *self._active, *chunked_seq]:
                     self._finish(seq, "error", error=f"engine error: {err}")
-                self._active, self._batch = [], None
+                self._active, self._batch, self._chunked = [], None, None
 
-    def _next_work(self) -> list[_Sequence] | None:
-        """Block until there is work; pop as many waiting requests as the batch has room for."""
+    def _wait_for_work(self) -> bool:
+        """Block until there is work; False when the thread must exit (everything left is cancelled)."""
         with self._cond:
-            while not self._waiting and not self._active and not self._abort:
+            while not self._waiting and not self._active and self._chunked is None and not self._abort:
                 self._cond.wait(timeout=1.0)
             if self._abort:
-                for seq in [*self._waiting, *self._active]:
+                chunked = [self._chunked.seq] if self._chunked is not None else []
+                for seq in [*self._waiting, *self._active, *chunked]:
                     self._finish(seq, "cancelled")
                 self._waiting.clear()
-                self._active, self._batch = [], None
-                return None
-            room = self.max_batch_size - len(self._active)
-            newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-            self.metrics.waiting.set(len(self._waiting))
+                self._active, self._batch, self._chunked = [], None, None
+                return False
             expired = [s for s in self._waiting if self._gone(s)]
-            for seq in expired:
-                self._waiting.remove(seq)
+            self._waiting = [s for s in self._waiting if not self._gone(s)]
         for seq in expired:
             self._finish(seq, "cancelled" if seq.stream.cancelled.is_set() else "timeout")
-        return newcomers
+        return True
+
+    def _pick(self, allowance: int) -> tuple[list[_Sequence], _Sequence | None]:
+        """Pop waiting requests, cheapest (ageing) first, whose prefill fits `allowance` tokens.
+
+        The first candidate that does not fit is prefilled in chunks instead, when no other
+        request is. Returns (requests to prefill whole, in one batch; the request to chunk).
+        """
+        with self._cond:
+            room = self.max_batch_size - len(self._active) - (self._chunked is not None)
+            if room <= 0 or not self._waiting:
+                return [], None
+            now = time.perf_counter()
+            order = sorted(self._waiting, key=lambda s: s.priority(now))
+            whole: list[_Sequence] = []
+            chunked = None
+            for seq in order[:room]:
+                if seq.prefill_tokens <= allowance:
+                    whole.append(seq)
+                    allowance -= seq.prefill_tokens
+                    continue
+                if self._chunked is None and allowance >= MIN_PREFILL_TOKENS:
+                    chunked = seq
+                break
+            taken = {id(s) for s in whole} | ({id(chunked)} if chunked is not None else set())
+            self._waiting = [s for s in self._waiting if id(s) not in taken]
+            self.metrics.waiting.set(len(self._waiting))
+        for seq in [*whole, *([chunked] if chunked is not None else [])]:
+            self.metrics.queue_seconds.observe(now - seq.submitted_at)
+        return whole, chunked
 
     def _admit(self, newcomers: list[_Sequence]) -> None:
-        now = time.perf_counter()
-        live = []
-        for seq in newcomers:
-            if self._gone(seq):
-                self._finish(seq, "cancelled" if seq.stream.cancelled.is_set() else "timeout")
-                continue
-            self.metrics.queue_seconds.observe(now - seq.submitted_at)
-            live.append(seq)
+        """Prefill `newcomers` in one batch; if that fails, each alone, so only a bad row fails."""
+        live = [seq for seq in newcomers if not self._drop_if_gone(seq)]
         if not live:
             return
-        rows = [PrefillRow(s.request.handle.sha256, s.request.handle.embeddings, s.request.token_ids) for s in live]
         try:
-            with _timed(self.metrics.prefill_seconds):
-                logits, batch = self.engine.prefill(rows)
-        except Exception as err:  # one bad batch must not take the engine thread down
-            log.exception("prefill failed")
+            logits, batch = self._prefill(live)
+        except Exception as err:  # one bad row must not fail its batch-mates
+            if len(live) == 1:
+                log.exception("prefill failed")
+                self._finish(live[0], "error", error=f"prefill failed: {err}")
+                return
             for seq in live:
-                self._finish(seq, "error", error=f"prefill failed: {err}")
+                self._admit([seq])
             return
-        for seq in live:
+        self._join(live, logits, batch)
+
+    def _prefill(self, seqs: list[_Sequence]) -> tuple[torch.Tensor, KVBatch]:
+        with self.metrics.prefill_seconds.time():
+            return self.engine.prefill([self._row(s) for s in seqs])
+
+    def _start_chunked(self, seq: _Sequence, allowance: int) -> None:
+        if self._drop_if_gone(seq):
+            return
+        try:
+            with self.metrics.prefill_seconds.time():
+                past, inputs = self.engine.begin([self._row(seq)])
+        except Exception as err:
+            log.exception("prefill failed")
+            self._finish(seq, "error", error=f"prefill failed: {err}")
+            return
+        self._chunked = _Chunked(seq, past, inputs[0])
+        self._advance_chunked(allowance)
+
+    def _advance_chunked(self, allowance: int) -> int:
+        """Run the next chunk (at most `allowance` tokens) of the chunked prefill; returns tokens run."""
+        part = self._chunked
+        if part is None:
+            return 0
+        if self._drop_if_gone(part.seq):
+            self._chunked = None
+            return 0
+        n = min(allowance, part.inputs.shape[0])
+        last = n == part.inputs.shape[0]
+        try:
+            with self.metrics.prefill_seconds.time():
+                logits, part.past = self.engine.extend(part.past, [part.inputs[:n]], logits=last)
+        except Exception as err:
+            log.exception("prefill failed")
+            self._chunked = None
+            self._finish(part.seq, "error", error=f"prefill failed: {err}")
+            return n
+        part.inputs = part.inputs[n:]
+        if last:
+            self._chunked = None
+            assert logits is not None
+            self._join([part.seq], logits, part.past)
+        return n
+
+    def _join(self, seqs: list[_Sequence], logits: torch.Tensor, batch: KVBatch) -> None:
+        """Prefilled rows join the running batch and get their first token."""
+        for seq in seqs:
             self.metrics.prompt_tokens.labels(seq.label).inc(len(seq.request.token_ids))
         self._batch = concat_batches([self._batch, batch]) if self._batch is not None else batch
-        self._active.extend(live)
-        self._emit_all(logits, live)
-        self.metrics.prefix_cache_bytes.set(self.engine.prefix_cache.nbytes)
+        self._active.extend(seqs)
+        self._emit_all(logits, seqs)
+        self._export_prefix_cache()
+
+    def _row(self, seq: _Sequence) -> PrefillRow:
+        handle = seq.request.handle
+        return PrefillRow(handle.sha256, handle.embeddings, seq.request.token_ids)
+
+    def _export_prefix_cache(self) -> None:
+        cache = self.engine.prefix_cache
+        queries, hits = cache.query_tokens, cache.hit_tokens
+        self.metrics.prefix_cache_queries.inc(queries - self._prefix_seen[0])
+        self.metrics.prefix_cache_hits.inc(hits - self._prefix_seen[1])
+        self._prefix_seen = (queries, hits)
+        self.metrics.prefix_cache_bytes.set(cache.nbytes)
 
     def _step(self) -> None:
         self._prune()  # rows that finished at admission (or failed) must not be decoded again
@@ -259,7 +444,7 @@ class Scheduler:
         self.metrics.batch_size.observe(len(self._active))
         self.metrics.running.set(len(self._active))
         try:
-            with _timed(self.metrics.decode_seconds):
+            with self.metrics.decode_seconds.time():
                 logits, self._batch = self.engine.decode(self._batch, [s.generated[-1] for s in self._active])
         except Exception as err:
             log.exception("decode failed")
@@ -317,6 +502,12 @@ class Scheduler:
     def _gone(self, seq: _Sequence) -> bool:
         return seq.stream.cancelled.is_set() or time.perf_counter() > seq.deadline
 
+    def _drop_if_gone(self, seq: _Sequence) -> bool:
+        if not self._gone(seq):
+            return False
+        self._finish(seq, "cancelled" if seq.stream.cancelled.is_set() else "timeout")
+        return True
+
     def _finish(self, seq: _Sequence, reason: str, *, text: str = "", error: str | None = None) -> None:
         if seq.finished:
             return
@@ -334,16 +525,3 @@ class Scheduler:
                 error=error,
             )
         )
-
-
-class _timed:
-    """Context manager observing the elapsed seconds into a histogram."""
-
-    def __init__(self, histogram: Any) -> None:
-        self.histogram = histogram
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.histogram.observe(time.perf_counter() - self.start)

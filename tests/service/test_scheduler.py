@@ -91,11 +91,11 @@ def test_cancel_frees_the_slot_and_timeout_finishes_the_request(tiny_model, hand
     scheduler = make_scheduler(tiny_model, max_batch_size=1)
 
     async def body():
-        long = scheduler.submit(request(tiny_model, handles[0], "hello", n=10_000))
+        long = scheduler.submit(request(tiny_model, handles[0], "hello", n=200))
         await long.__anext__()  # it is running and holds the only slot
         long.cancel()
         short = await run_all(scheduler, [request(tiny_model, handles[1], "hello", n=2)])
-        timed = await run_all(scheduler, [request(tiny_model, handles[1], "hello", n=10_000, timeout_s=0.2)])
+        timed = await run_all(scheduler, [request(tiny_model, handles[1], "hello", n=240, timeout_s=0.05)])
         for _ in range(100):  # the engine thread drops finished rows right after their last event
             if scheduler.pending() == 0:
                 break
