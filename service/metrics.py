@@ -74,8 +74,16 @@ class Metrics:
         self.upload_failures = Counter(
             "spul_upload_failures", "Rejected artifact uploads", ["reason"], registry=r
         )
-        self.rejected = Counter("spul_requests_rejected", "Requests refused before queueing", ["reason"], registry=r)
+        self.rejected = Counter(
+            "spul_requests_rejected", "Requests refused (4xx, 503), by reason: the error's code", ["reason"], registry=r
+        )
         self.prefix_cache_bytes = Gauge("spul_prefix_cache_bytes", "Bytes held by the prefix cache", registry=r)
+        self.prefix_cache_queries = Counter(
+            "spul_prefix_cache_queries", "Soft-prompt positions looked up in the prefix cache", registry=r
+        )
+        self.prefix_cache_hits = Counter(
+            "spul_prefix_cache_hits", "Soft-prompt positions found in the prefix cache", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
