@@ -7,36 +7,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from spul.service.bodylimit import BodyLimit
 from spul.service.metrics import Metrics
-from spul.service.routes import admin, generate, health, openai
-from spul.service.routes.deps import http_exception_handler
+from spul.service.routes import admin, errors, generate, health, openai
 from spul.service.runtime import Runtime, build_runtime
 from spul.service.settings import Settings
 
 log = logging.getLogger(__name__)
+ADMIN_PREFIX = "/admin/"
 
 
-def create_app(settings: Settings, *, exit_on_load_failure: bool = False) -> FastAPI:
-    """`exit_on_load_failure`: stop the process (SIGTERM to itself) if the model cannot load (CLI)."""
+def create_app(settings: Settings, *, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+    """`on_load_failure` is called if the model or profiles cannot load (the CLI stops the server)."""
     app = FastAPI(title="spul-serve", version="0.1.0", lifespan=_lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics(max_profile_labels=settings.max_profile_labels)
     app.state.runtime = None
     app.state.load_error = None
-    app.state.exit_on_load_failure = exit_on_load_failure
-    app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
+    app.state.on_load_failure = on_load_failure
+    errors.install(app)
+    # uploads bound their own bodies (SPUL_MAX_UPLOAD_BYTES); every other body: SPUL_MAX_REQUEST_BYTES
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.read_timeout_s,
+                       own_limit=(ADMIN_PREFIX,) if settings.admin else ())
     app.include_router(health.router)
     app.include_router(generate.router)
     app.include_router(openai.router)
     if settings.admin:
         app.include_router(admin.router)
+    else:
+        app.add_api_route(ADMIN_PREFIX + "{path:path}", admin.admin_disabled, include_in_schema=False,
+                          methods=["GET", "PUT", "POST", "DELETE", "PATCH"])
     return app
 
 
@@ -61,12 +65,14 @@ async def _load(app: FastAPI) -> None:
     except Exception as err:
         log.exception("start-up failed")
         app.state.load_error = str(err)
-        if app.state.exit_on_load_failure:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if app.state.on_load_failure is not None:
+            app.state.on_load_failure()
         return
     runtime.scheduler.start()
     app.state.runtime = runtime
-    log.info("ready: model %s, %d profiles", runtime.model_name, len(runtime.registry.loaded()))
+    profiles = sorted(runtime.registry.loaded())
+    log.info("ready: serving %s with %d profile%s%s", settings.model or "the shipped reference model",
+             len(profiles), "" if len(profiles) == 1 else "s", f" ({', '.join(profiles[:10])})" if profiles else "")
     if settings.store_poll_s > 0:
         await _poll_store(runtime, settings.store_poll_s)
 

@@ -27,25 +27,38 @@ class EmptyPrompt(ValueError):
 def choose_profile(settings: Settings, registry: PromptRegistry, requested: str | None) -> PromptHandle:
     """The named profile, else the default one; raises if neither applies (never serves bare)."""
     if requested is None and settings.require_profile:
-        raise ProfileRequired("this deployment requires a profile: name one (GET /v1/models lists them)")
+        raise ProfileRequired(
+            "this deployment requires every request to name a profile (SPUL_REQUIRE_PROFILE): "
+            "name one (GET /v1/models lists them)"
+        )
     name = requested if requested is not None else settings.default_profile
     if name is None:
         raise ProfileRequired(
-            "no profile named and no default profile configured: name one (GET /v1/models lists them)"
+            "no profile named and this server has no default profile: name one (GET /v1/models lists "
+            "them), or start the server with SPUL_DEFAULT_PROFILE=<id>"
         )
     return registry.resolve(name)  # UnknownProfile / ProfileUnavailable propagate
 
 
 def encode_prompt(tokenizer: Any, text: str, *, max_tokens: int) -> tuple[int, ...]:
     """Tokenise the query exactly as training and evaluation do (the tokenizer's own defaults)."""
-    ids = tuple(int(i) for i in tokenizer(text)["input_ids"])
+    return _checked(tokenizer(text)["input_ids"], max_tokens)
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], *, max_tokens: int) -> tuple[int, ...]:
+    """Chat messages through the tokenizer's own template, ready for the assistant's turn.
+
+    The ids are exactly transformers' `apply_chat_template(tokenize=True)`: the template writes
+    its own special tokens (a `{{ bos_token }}` gives one BOS), none are added again.
+    """
+    encoded = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
+    return _checked(encoded["input_ids"], max_tokens)
+
+
+def _checked(input_ids: Any, max_tokens: int) -> tuple[int, ...]:
+    ids = tuple(int(i) for i in input_ids)
     if not ids:
         raise EmptyPrompt("the prompt has no tokens")
     if len(ids) > max_tokens:
-        raise PromptTooLong(f"the prompt has {len(ids)} tokens; the limit is {max_tokens}")
+        raise PromptTooLong(f"the prompt has {len(ids)} tokens; the limit is {max_tokens} (SPUL_MAX_PROMPT_TOKENS)")
     return ids
-
-
-def chat_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """Render chat messages with the tokenizer's own template, ready for the assistant's turn."""
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))

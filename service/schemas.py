@@ -1,25 +1,42 @@
-"""Request and response bodies. Limits that depend on settings are checked in the routes."""
+"""Request and response bodies. Limits that depend on settings are checked in the routes.
+
+Every string a request carries must be valid Unicode (a lone surrogate, which JSON can encode
+but UTF-8 cannot, is refused), and every number finite (`NaN`, `Infinity` are refused).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 MAX_STOP = 8
+MAX_TEXT = 200_000
+
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"text is not valid Unicode (a lone surrogate at position {err.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    profile: str | None = Field(None, description="unlearning profile; default profile when omitted")
-    prompt: str = Field(..., min_length=1, max_length=200_000)
+    profile: Text | None = Field(None, description="unlearning profile; the server's default profile when omitted")
+    prompt: Text = Field(..., min_length=1, max_length=MAX_TEXT)
     max_new_tokens: int | None = Field(None, ge=1, description="default: the server's limit")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: list[str] | str | None = Field(None, description="stop strings (not included in the text)")
+    stop: list[Text] | Text | None = Field(None, description="stop strings (not included in the text)")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    stream: bool = False
+    stream: bool = Field(False, description="server-sent events, ending with `data: [DONE]`")
 
 
 class GenerateResponse(BaseModel):
@@ -33,7 +50,7 @@ class GenerateResponse(BaseModel):
 
 
 class ActivateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     version: int = Field(..., ge=1)
 
@@ -41,30 +58,36 @@ class ActivateRequest(BaseModel):
 # ---- OpenAI-compatible -------------------------------------------------------------------
 class _OpenAIBase(BaseModel):
     # the openai client sends fields we do not implement (penalties, user, ...): ignore them
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str
+    model: Text
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: Literal[1] = 1
-    stop: list[str] | str | None = None
+    stop: list[Text] | Text | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
+    top_logprobs: int | None = Field(None, ge=0, description="not supported: refused with 400 when > 0")
 
 
 class CompletionRequest(_OpenAIBase):
-    prompt: str = Field(..., min_length=1, max_length=200_000)
+    prompt: Text = Field(..., min_length=1, max_length=MAX_TEXT)
+    logprobs: int | None = Field(None, ge=0, description="not supported: refused with 400 when set")
+    echo: bool = Field(False, description="not supported: refused with 400 when true")
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     role: Literal["system", "user", "assistant"]
-    content: str = Field(..., max_length=200_000)
+    content: Text = Field(..., max_length=MAX_TEXT)
 
 
 class ChatCompletionRequest(_OpenAIBase):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=256)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = Field(False, description="not supported: refused with 400 when true")
 
 
 def stop_tuple(stop: list[str] | str | None) -> tuple[str, ...]:

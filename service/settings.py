@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     store_poll_s: float = Field(2.0, ge=0, description="0 = never poll the store for other writers")
     prefix_cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="0 = no prefix cache")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_request_bytes: int = Field(1024 * 1024, ge=1, description="request body limit (413 beyond); uploads: max_upload_bytes")
+    max_connections: int = Field(1024, ge=1, description="open connections + requests before 503s")
+    read_timeout_s: float = Field(30.0, gt=0, description="a request's head and body must arrive within this")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections close after this")
     max_profile_labels: int = Field(100, ge=1, description="distinct profile metric labels before 'other'")
     shutdown_grace_s: float = Field(10.0, ge=0)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from spul.prompts_store import ArtifactError, InvalidProfileId
-from spul.service.routes.deps import AdminDep, RuntimeDep, http_errors
+from spul.service.routes.deps import AdminDep, RuntimeDep
+from spul.service.routes.errors import ApiError, http_errors
 from spul.service.runtime import Runtime
 from spul.service.schemas import ActivateRequest
 
@@ -81,14 +82,24 @@ async def _read_bounded(request: Request, runtime: Runtime) -> bytes:
     limit = runtime.settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        runtime.metrics.upload_failures.labels("too_large").inc()
-        raise HTTPException(413, {"reason": "too_large", "message": f"artifact is over the {limit}-byte limit"})
+        raise _too_large(runtime)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            runtime.metrics.upload_failures.labels("too_large").inc()
-            raise HTTPException(413, {"reason": "too_large", "message": f"artifact is over the {limit}-byte limit"})
+            raise _too_large(runtime)
         chunks.append(chunk)
     return b"".join(chunks)
 
+
+def _too_large(runtime: Runtime) -> ApiError:
+    runtime.metrics.upload_failures.labels("too_large").inc()
+    limit = runtime.settings.max_upload_bytes
+    return ApiError(413, f"artifact is over the {limit}-byte limit (SPUL_MAX_UPLOAD_BYTES)", code="too_large")
+
+
+async def admin_disabled(request: Request) -> None:
+    """Every /admin path on a server started without a token."""
+    raise ApiError(404, "admin endpoints are disabled on this server: start it with SPUL_ADMIN_TOKEN set "
+                   "(16+ random characters, e.g. `export SPUL_ADMIN_TOKEN=$(openssl rand -hex 16)`) to "
+                   "enable them", code="admin_disabled")

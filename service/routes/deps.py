@@ -1,33 +1,31 @@
-"""Dependencies and the one place where core exceptions become HTTP errors."""
+"""Route dependencies: the runtime, the admin token check, starting a generation and reading its events."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spul.prompts_store import ArtifactError, InvalidProfileId, ProfileNotFound, StoreError
-from spul.service.policy import EmptyPrompt, ProfileRequired, PromptTooLong, choose_profile, encode_prompt
-from spul.service.registry import ProfileUnavailable, UnknownProfile
+from spul.service.policy import choose_profile, encode_chat, encode_prompt
+from spul.service.routes.errors import ApiError, http_errors
 from spul.service.runtime import Runtime
 from spul.service.sampling import SamplingParams
-from spul.service.scheduler import GenerationRequest, QueueFull, RequestStream, ShuttingDown, TokenEvent
+from spul.service.scheduler import GenerationRequest, RequestStream, TokenEvent
 
-LIST_HINT = "GET /v1/models lists the profiles you can use"
+SSE_DONE = "[DONE]"  # the last `data:` line of every stream, as in OpenAI's API
 
 
 def get_runtime(request: Request) -> Runtime:
     runtime: Runtime | None = request.app.state.runtime
     if runtime is None:
-        raise HTTPException(503, "the model and profiles are still loading; see /readyz", {"Retry-After": "5"})
+        raise ApiError(503, "the model and profiles are still loading; see /readyz", code="loading",
+                       headers={"Retry-After": "5"})
     return runtime
 
 
@@ -42,54 +40,36 @@ def require_admin(
     given = credentials.credentials if credentials is not None else ""
     # constant-time comparison: the token must not leak through response timing
     if token is None or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-        raise HTTPException(401, "missing or wrong admin bearer token", {"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "missing or wrong admin bearer token (Authorization: Bearer $SPUL_ADMIN_TOKEN)",
+                       code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
 AdminDep = Depends(require_admin)
 
 
-@contextmanager
-def http_errors() -> Iterator[None]:
-    """Translate the core's exceptions into HTTP statuses with a reason the client can act on."""
-    try:
-        yield
-    except UnknownProfile as err:
-        raise HTTPException(404, f"{err}; {LIST_HINT}") from err
-    except ProfileNotFound as err:
-        raise HTTPException(404, f"{err}; GET /admin/profiles lists the store") from err
-    except ProfileUnavailable as err:
-        raise HTTPException(503, str(err)) from err
-    except (ProfileRequired, InvalidProfileId) as err:
-        raise HTTPException(400, str(err)) from err
-    except (PromptTooLong, EmptyPrompt) as err:
-        raise HTTPException(400, str(err)) from err
-    except ArtifactError as err:
-        status = 413 if err.reason == "too_large" else 422
-        raise HTTPException(status, {"reason": err.reason, "message": str(err)}) from err
-    except StoreError as err:
-        raise HTTPException(409, str(err)) from err
-    except QueueFull as err:
-        raise HTTPException(429, str(err), {"Retry-After": str(err.retry_after)}) from err
-    except ShuttingDown as err:
-        raise HTTPException(503, str(err), {"Retry-After": "5"}) from err
-
-
-def start_generation(
+async def start_generation(
     runtime: Runtime,
     *,
     profile: str | None,
-    text: str,
+    prompt: str | list[dict[str, str]],
     max_new_tokens: int | None,
+    max_tokens_param: str,
     sampling: SamplingParams,
     stop: tuple[str, ...],
 ) -> tuple[GenerationRequest, RequestStream]:
-    """Policy + limits + submit; raises HTTPException on anything the client must change."""
+    """Policy, limits, tokenisation (a text prompt, or chat messages through the chat template), submit.
+
+    Tokenisation and template rendering run in a worker thread: a large body never stalls the
+    event loop. Raises `ApiError` on anything the client must change.
+    """
     settings = runtime.settings
     if max_new_tokens is not None and max_new_tokens > settings.max_new_tokens:
-        raise HTTPException(400, f"max_new_tokens {max_new_tokens} exceeds the limit {settings.max_new_tokens}")
+        raise ApiError(400, f"{max_tokens_param} {max_new_tokens} exceeds this server's limit "
+                       f"{settings.max_new_tokens}", code="max_tokens_too_large", param=max_tokens_param)
     with http_errors():
         handle = choose_profile(settings, runtime.registry, profile)
-        ids = encode_prompt(runtime.tokenizer, text, max_tokens=settings.max_prompt_tokens)
+        encode = encode_chat if isinstance(prompt, list) else encode_prompt
+        ids = await run_in_threadpool(encode, runtime.tokenizer, prompt, max_tokens=settings.max_prompt_tokens)
         request = GenerationRequest(
             handle=handle,
             token_ids=ids,
@@ -119,7 +99,7 @@ async def collect(stream: RequestStream, http_request: Request | None = None) ->
         stream.cancel()  # no-op once finished
         if watcher is not None:
             watcher.cancel()
-    raise HTTPException(500, "generation ended without a final event")
+    raise ApiError(500, "generation ended without a final event", code="generation_failed")
 
 
 async def _cancel_on_disconnect(http_request: Request, stream: RequestStream, period_s: float = 0.25) -> None:
@@ -131,26 +111,23 @@ async def _cancel_on_disconnect(http_request: Request, stream: RequestStream, pe
 def check_final(event: TokenEvent) -> None:
     """A non-streamed request that did not finish normally is an HTTP error, not a partial answer."""
     if event.finish_reason == "timeout":
-        raise HTTPException(504, "the request timed out before generation finished")
+        raise ApiError(504, "the request timed out before generation finished (SPUL_REQUEST_TIMEOUT_S)",
+                       code="timeout")
     if event.finish_reason == "cancelled":
-        raise HTTPException(503, "the request was cancelled (server shutting down)", {"Retry-After": "5"})
+        raise ApiError(503, "the request was cancelled (server shutting down)", code="cancelled",
+                       headers={"Retry-After": "5"})
     if event.finish_reason == "error":
-        raise HTTPException(500, f"generation failed: {event.error}")
+        raise ApiError(500, f"generation failed: {event.error}", code="generation_failed")
 
 
-async def sse(events: AsyncIterator[dict[str, object] | str], stream: RequestStream) -> AsyncIterator[str]:
-    """Server-sent events; a client that goes away cancels the request and frees its batch slot."""
+async def sse(events: AsyncIterator[dict[str, object]], stream: RequestStream) -> AsyncIterator[str]:
+    """Server-sent events: one `data: {json}` per event, then `data: [DONE]`.
+
+    A client that goes away cancels the request and frees its batch slot.
+    """
     try:
         async for item in events:
-            yield f"data: {item if isinstance(item, str) else json.dumps(item)}\n\n"
+            yield f"data: {json.dumps(item)}\n\n"
+        yield f"data: {SSE_DONE}\n\n"
     finally:
         stream.cancel()
-
-
-async def http_exception_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """FastAPI's `detail`, plus OpenAI's `error` object so the openai client shows the reason."""
-    detail = exc.detail
-    message = detail.get("message", str(detail)) if isinstance(detail, dict) else str(detail)
-    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    body = {"detail": detail, "error": {"message": message, "type": kind, "code": exc.status_code}}
-    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))

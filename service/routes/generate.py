@@ -1,4 +1,8 @@
-"""`POST /v1/generate`: our own API, with the profile and version that answered."""
+"""`POST /v1/generate`: our own API, with the profile and version that answered.
+
+Streamed (`"stream": true`): server-sent events `data: {"text", "profile", "version"}`, the last
+one also carrying `finish_reason` and token counts, then `data: [DONE]` as in OpenAI's API.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +23,12 @@ router = APIRouter(tags=["generate"])
 async def generate(
     body: GenerateRequest, runtime: RuntimeDep, http_request: Request
 ) -> GenerateResponse | StreamingResponse:
-    request, stream = start_generation(
+    request, stream = await start_generation(
         runtime,
         profile=body.profile,
-        text=body.prompt,
+        prompt=body.prompt,
         max_new_tokens=body.max_new_tokens,
+        max_tokens_param="max_new_tokens",
         sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed),
         stop=stop_tuple(body.stop),
     )

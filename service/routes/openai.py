@@ -10,11 +10,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from spul.service.policy import chat_text
 from spul.service.routes.deps import RuntimeDep, collect, sse, start_generation
+from spul.service.routes.errors import LIST_HINT, ApiError
 from spul.service.runtime import Runtime
 from spul.service.sampling import SamplingParams
 from spul.service.scheduler import GenerationRequest, RequestStream, TokenEvent
@@ -26,17 +26,29 @@ DEFAULT_MODEL_NAMES = ("default", "")
 
 @router.get("/models")
 def list_models(runtime: RuntimeDep) -> dict[str, Any]:
+    """Every profile that can answer now, as an OpenAI model object (plus its serving version)."""
     handles = runtime.registry.handles()
-    data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "spul", "version": h.version}
-        for name, h in sorted(handles.items())
-    ]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [_model(name, h.version) for name, h in sorted(handles.items())]}
+
+
+@router.get("/models/{model_id}")
+def retrieve_model(model_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    handle = runtime.registry.handles().get(model_id)
+    if handle is None:
+        raise ApiError(404, f"no profile {model_id!r} is being served; {LIST_HINT}", code="profile_not_found",
+                       param="model")
+    return _model(model_id, handle.version)
+
+
+def _model(name: str, version: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "spul", "version": version}
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, runtime: RuntimeDep, http_request: Request) -> Any:
-    request, stream = _start(runtime, body, body.prompt, body.max_tokens)
+    if body.logprobs is not None or body.echo:
+        _unsupported("logprobs" if body.logprobs is not None else "echo")
+    request, stream = await _start(runtime, body, body.prompt, body.max_tokens, "max_tokens")
     reply = _Reply("cmpl", "text_completion", request)
     if body.stream:
         return _stream(reply.completion_chunks(stream), stream)
@@ -46,10 +58,14 @@ async def completions(body: CompletionRequest, runtime: RuntimeDep, http_request
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep, http_request: Request) -> Any:
+    if body.logprobs:
+        _unsupported("logprobs")
     if not runtime.has_chat_template:
-        raise HTTPException(400, "this model's tokenizer has no chat template; use /v1/completions")
-    text = chat_text(runtime.tokenizer, [m.model_dump() for m in body.messages])
-    request, stream = _start(runtime, body, text, body.max_completion_tokens or body.max_tokens)
+        raise ApiError(400, "this model's tokenizer has no chat template; use /v1/completions",
+                       code="no_chat_template", param="messages")
+    messages = [m.model_dump() for m in body.messages]
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    request, stream = await _start(runtime, body, messages, body.max_completion_tokens or body.max_tokens, param)
     reply = _Reply("chatcmpl", "chat.completion", request)
     if body.stream:
         return _stream(reply.chat_chunks(stream), stream)
@@ -57,22 +73,30 @@ async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep, htt
     return reply.chat(text, final)
 
 
-def _start(
-    runtime: Runtime, body: _OpenAIBase, text: str, max_tokens: int | None
+def _unsupported(param: str) -> None:
+    raise ApiError(400, f"{param} is not supported by this server; leave it unset", code="unsupported_parameter",
+                   param=param)
+
+
+async def _start(
+    runtime: Runtime, body: _OpenAIBase, prompt: str | list[dict[str, str]], max_tokens: int | None, param: str
 ) -> tuple[GenerationRequest, RequestStream]:
+    if body.top_logprobs:
+        _unsupported("top_logprobs")
     # the served base model's name (or "default") means: no profile named, apply the policy
     named = None if body.model in (*DEFAULT_MODEL_NAMES, runtime.model_name) else body.model
-    return start_generation(
+    return await start_generation(
         runtime,
         profile=named,
-        text=text,
+        prompt=prompt,
         max_new_tokens=max_tokens,
+        max_tokens_param=param,
         sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed),
         stop=stop_tuple(body.stop),
     )
 
 
-def _stream(events: AsyncIterator[dict[str, Any] | str], stream: RequestStream) -> StreamingResponse:
+def _stream(events: AsyncIterator[dict[str, Any]], stream: RequestStream) -> StreamingResponse:
     return StreamingResponse(sse(events, stream), media_type="text/event-stream")
 
 
@@ -108,17 +132,15 @@ class _Reply:
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": final.finish_reason}
         return {**self._base(self.kind), "choices": [choice], "usage": self._usage(final)}
 
-    async def completion_chunks(self, stream: RequestStream) -> AsyncIterator[dict[str, Any] | str]:
+    async def completion_chunks(self, stream: RequestStream) -> AsyncIterator[dict[str, Any]]:
         async for event in stream:
             choice = {"index": 0, "text": event.text, "logprobs": None, "finish_reason": event.finish_reason}
             yield {**self._base(self.kind), "choices": [choice]}
-        yield "[DONE]"
 
-    async def chat_chunks(self, stream: RequestStream) -> AsyncIterator[dict[str, Any] | str]:
+    async def chat_chunks(self, stream: RequestStream) -> AsyncIterator[dict[str, Any]]:
         first = True
         async for event in stream:
             delta = {"role": "assistant", "content": event.text} if first else {"content": event.text}
             first = False
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": event.finish_reason}
             yield {**self._base("chat.completion.chunk"), "choices": [choice]}
-        yield "[DONE]"

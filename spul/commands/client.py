@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_connection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=argparse.SUPPRESS, help=f"server URL (env SPUL_SERVER; {DEFAULT_SERVER})")
+    parser.add_argument("--server", default=argparse.SUPPRESS,
+                        help=f"server URL (env SPUL_SERVER; default {DEFAULT_SERVER})")
     parser.add_argument("--token", default=argparse.SUPPRESS, help="admin token (env SPUL_ADMIN_TOKEN)")
 
 
@@ -72,9 +73,13 @@ def run_profiles(args: argparse.Namespace) -> int:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    import logging
+
     import httpx
 
     from spul.errors import UserError
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no "HTTP Request: ..." line per call
 
     server = getattr(args, "server", None) or os.environ.get("SPUL_SERVER", DEFAULT_SERVER)
     token = getattr(args, "token", None) or os.environ.get("SPUL_ADMIN_TOKEN")
@@ -92,8 +97,9 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
 
 
 def _reason(response: Any) -> str:
+    """The server's error message (OpenAI envelope), else the start of the body."""
     try:
-        detail = response.json().get("detail")
-    except ValueError:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
         return response.text[:500]
-    return json.dumps(detail) if isinstance(detail, (dict, list)) else str(detail)
+    return str(error.get("message")) if isinstance(error, dict) else response.text[:500]

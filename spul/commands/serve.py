@@ -7,25 +7,30 @@ import logging
 
 log = logging.getLogger(__name__)
 
+EXIT_STARTUP_FAILED = 3  # the model or profiles could not load (a normal stop by SIGTERM exits 143)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve the model with unlearning profiles over HTTP",
         description="Serve a frozen model whose answers always carry an unlearning profile's soft prompt. "
-        "Every option can also be set as an environment variable SPUL_<NAME> (e.g. SPUL_ADMIN_TOKEN). "
-        "With no --model: the shipped reference model and its demo profiles.",
+        "Every option can also be set as an environment variable SPUL_<NAME> (e.g. SPUL_ADMIN_TOKEN, "
+        "SPUL_MAX_REQUEST_BYTES; see service/settings.py). With no --model: the shipped reference model "
+        f"and its demo profiles. Exit status {EXIT_STARTUP_FAILED} when the model or profiles cannot load.",
     )
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
-    parser.add_argument("--model", help="Hugging Face model dir or id (default: the reference model)")
+    parser.add_argument("--model", help="Hugging Face model dir or id (default: the shipped reference model)")
     parser.add_argument("--store", help="profile store directory (default ~/.cache/spul/store)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
-    parser.add_argument("--default-profile", help="profile applied to requests that name none")
-    parser.add_argument("--require-profile", action="store_true", default=None, help="refuse requests naming no profile")
-    parser.add_argument("--max-batch-size", type=int)
-    parser.add_argument("--prefix-cache-bytes", type=int, help="0 disables the soft-prompt prefix cache")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when available")
+    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="default auto")
+    parser.add_argument("--default-profile", help="profile applied to requests that name none (default: none, "
+                        "such requests are refused)")
+    parser.add_argument("--require-profile", action="store_true", default=None,
+                        help="refuse every request that names no profile, even with a default profile")
+    parser.add_argument("--max-batch-size", type=int, help="rows per decode step (default 32)")
+    parser.add_argument("--prefix-cache-bytes", type=int, help="soft-prompt prefix cache size in bytes (default 256 MiB); 0 disables it")
     parser.set_defaults(func=run)
 
 
@@ -35,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from spul.errors import UserError
     from spul.service.app import create_app
+    from spul.service.server import uvicorn_config
     from spul.service.settings import Settings
 
     names = ("host", "port", "model", "store", "device", "dtype", "default_profile", "require_profile",
@@ -43,15 +49,26 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as err:
-        raise UserError(f"invalid settings: {err}") from err
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors(include_input=False)
+        )
+        raise UserError(f"invalid settings: {problems}") from None
     if settings.model is None:
         from spul.service.runtime import reference_paths
 
         model_dir, _ = reference_paths()
         if not (model_dir / "config.json").is_file():
             raise UserError(f"the reference model is missing from {model_dir}; pass --model PATH or reinstall")
-    app = create_app(settings, exit_on_load_failure=True)
-    log.info("serving on http://%s:%d (admin %s)", settings.host, settings.port,
-             "enabled" if settings.admin else "disabled")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
-    return 0 if app.state.load_error is None else 1
+
+    def stop() -> None:
+        server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop)
+    server = uvicorn.Server(uvicorn_config(app, settings))
+    log.info("serving on http://%s:%d, store %s, admin %s", settings.host, settings.port, settings.store,
+             "enabled" if settings.admin else "disabled (set SPUL_ADMIN_TOKEN to enable it)")
+    server.run()
+    if app.state.load_error is not None:
+        log.error("start-up failed: %s", app.state.load_error)
+        return EXIT_STARTUP_FAILED
+    return 0

@@ -72,8 +72,8 @@ def test_every_bad_artifact_is_refused_with_its_reason(server, make_artifact, fi
     wrong = {}
     for bad in bodies(make_artifact, fingerprint):
         status, body = request(server, "PUT", "/admin/profiles/alpha", bad.body)
-        detail = body.get("detail")
-        reason = detail.get("reason") if isinstance(detail, dict) else None
+        error = body.get("error")
+        reason = error.get("code") if isinstance(error, dict) else None
         if (status, reason) != (422, bad.reason):
             wrong[bad.name] = (status, body)
     assert not wrong, f"refused wrongly (want 422 + reason): {wrong}"
@@ -83,12 +83,12 @@ def test_every_bad_artifact_is_refused_with_its_reason(server, make_artifact, fi
 def test_oversize_bodies_are_refused_before_reading_them(server):
     big = b"\0" * (UPLOAD_LIMIT + 1)
     status, body = request(server, "PUT", "/admin/profiles/alpha", big)
-    assert status == 413 and body["detail"]["reason"] == "too_large"
+    assert status == 413 and body["error"]["code"] == "too_large"
     chunked = iter([b"\0" * 16384] * 8)  # no Content-Length: the limit applies while streaming
     status, body = request(
         server, "PUT", "/admin/profiles/alpha", chunked, **{"Transfer-Encoding": "chunked"}
     )
-    assert status == 413 and body["detail"]["reason"] == "too_large"
+    assert status == 413 and body["error"]["code"] == "too_large"
     # a declared size far over the limit is refused from the header alone (no body is sent)
     conn = http.client.HTTPConnection(HOST, server.port, timeout=30)
     conn.putrequest("PUT", "/admin/profiles/alpha")
@@ -109,7 +109,7 @@ def test_bad_profile_ids_are_refused_and_touch_nothing(server, make_artifact, me
     failures = {}
     for raw_id in BAD_IDS:
         status, answer = request(server, method, f"/admin/profiles/{raw_id}{suffix}", body, **headers)
-        if not 400 <= status < 500 or "detail" not in answer:
+        if not 400 <= status < 500 or "error" not in answer:
             failures[raw_id[:40]] = (status, answer)
     assert not failures, failures
     files_after = sorted(p.relative_to(root) for p in root.rglob("*") if ".tmp-" not in p.name)

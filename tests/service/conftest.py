@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spul.prompts_store import PromptStore
 from spul.service.app import create_app
@@ -31,6 +34,29 @@ def store_dir(tmp_path: Path, artifacts: dict[str, bytes]) -> Path:
     store = PromptStore(tmp_path / "store")
     for name, data in artifacts.items():
         store.put(name, data)
+    return store.root
+
+
+@pytest.fixture(scope="session")
+def long_context_model_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
+    """The tiny model with a context of 2**20 positions (RoPE): requests that can run for as long as a
+    test needs, e.g. to stay in flight while something else happens."""
+    out = tmp_path_factory.mktemp("long-context-model")
+    shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
+    config = json.loads((out / "config.json").read_text())
+    config["max_position_embeddings"] = 2**20
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture
+def long_context_store(tmp_path: Path, long_context_model_dir: Path) -> Path:
+    """A store with `PROFILE_P`'s profiles (same seeds as `store_dir`) for the long-context model."""
+    model = AutoModelForCausalLM.from_pretrained(long_context_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(long_context_model_dir)
+    store = PromptStore(tmp_path / "long-store")
+    for i, (name, p) in enumerate(PROFILE_P.items()):
+        store.put(name, make_artifact(model, tokenizer, profile=name, num_virtual_tokens=p, seed=i))
     return store.root
 
 

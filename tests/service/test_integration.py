@@ -8,15 +8,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Self
 
 import httpx
 import openai
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spul.prompts_store import PromptStore
 from spul.service.app import create_app
+from spul.service.server import uvicorn_config
 from support.artifacts import make_artifact
 from support.server import admin_headers
 
@@ -24,14 +27,19 @@ QUERIES = ["where was alba born ?", "what does brin do", "the film with cora was
 
 
 class LiveServer:
+    """The app under uvicorn, configured as `spul serve` configures it, on a loopback port."""
+
     def __init__(self, app) -> None:
+        self.app = app
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn_config(app, app.state.settings, log_level="warning", timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -67,6 +75,7 @@ def test_openai_client_against_the_server(live):
     server = live()
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     assert sorted(m.id for m in client.models.list()) == ["alpha", "beta"]
+    assert client.models.retrieve("beta").id == "beta"
     done = client.completions.create(model="beta", prompt=QUERIES[0], max_tokens=4, temperature=0)
     assert done.model == "beta" and done.system_fingerprint == "beta@v1"
     assert done.choices[0].finish_reason == "length" and done.usage.completion_tokens == 4
@@ -80,8 +89,40 @@ def test_openai_client_against_the_server(live):
         model="alpha", messages=[{"role": "user", "content": QUERIES[1]}], max_tokens=3, temperature=0, stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream) == chat.choices[0].message.content
-    with pytest.raises(openai.NotFoundError, match="/v1/models"):
+
+
+def test_the_openai_client_shows_every_error_message(live):
+    server = live()
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as missing:
         client.completions.create(model="nope", prompt="hello", max_tokens=2)
+    assert missing.value.code == "profile_not_found" and "/v1/models" in missing.value.body["message"]
+    with pytest.raises(openai.UnprocessableEntityError) as invalid:
+        client.completions.create(model="beta", prompt="hello", max_tokens=2, temperature=5)
+    assert invalid.value.code == "validation_error" and invalid.value.param == "temperature"
+    assert "less than or equal to 2" in invalid.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as logprobs:
+        client.chat.completions.create(model="beta", messages=[{"role": "user", "content": "hi"}], logprobs=True)
+    assert logprobs.value.param == "logprobs" and "not supported" in logprobs.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as unknown_model:
+        client.models.retrieve("nope")
+    assert unknown_model.value.code == "profile_not_found"
+
+
+def test_every_stream_ends_with_done(live):
+    server = live()
+    bodies = {
+        "/v1/generate": {"profile": "alpha", "prompt": QUERIES[0], "max_new_tokens": 3, "stream": True},
+        "/v1/completions": {"model": "alpha", "prompt": QUERIES[0], "max_tokens": 3, "stream": True},
+        "/v1/chat/completions": {"model": "alpha", "messages": [{"role": "user", "content": QUERIES[0]}],
+                                 "max_tokens": 3, "stream": True},
+    }
+    for route, body in bodies.items():
+        lines = [line for line in httpx.post(server.url + route, json=body, timeout=30).text.splitlines() if line]
+        assert lines[-1] == "data: [DONE]", route
+        finals = [json.loads(line[6:]) for line in lines[:-1]]
+        reasons = [e.get("finish_reason", e.get("choices", [{}])[0].get("finish_reason")) for e in finals]
+        assert reasons[-1] == "length" and not any(reasons[:-1]), route
 
 
 async def _generate_all(url: str, jobs: list[tuple[str, str]]) -> list[dict]:
@@ -94,56 +135,97 @@ async def _generate_all(url: str, jobs: list[tuple[str, str]]) -> list[dict]:
         return await asyncio.gather(*(one(p, q) for p, q in jobs))
 
 
+def metric_samples(url: str, name: str) -> list:
+    return [s for f in text_string_to_metric_families(httpx.get(url + "/metrics").text) for s in f.samples
+            if s.name == name]
+
+
 def test_concurrent_requests_across_profiles_match_sequential_ones(live):
     server = live(max_batch_size=8)
     jobs = [(p, q) for q in QUERIES for p in ("alpha", "beta")] * 2
     sequential = [asyncio.run(_generate_all(server.url, [job]))[0] for job in jobs[:8]]
     concurrent = asyncio.run(_generate_all(server.url, jobs))
     assert [r["text"] for r in concurrent] == [r["text"] for r in sequential] * 2
-    families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
     finished = {(s.labels["profile"], s.labels["finish_reason"]): s.value
-                for s in families["spul_requests"].samples if s.name == "spul_requests_total"}
+                for s in metric_samples(server.url, "spul_requests_total")}
     assert finished == {("alpha", "length"): 12.0, ("beta", "length"): 12.0}
-    batch = {s.name: s.value for s in families["spul_batch_size"].samples}
-    assert batch["spul_batch_size_sum"] > batch["spul_batch_size_count"]  # some steps ran more than one row
 
 
-def test_upload_during_load_switches_versions_without_failing_requests(live, tiny_model):
-    server = live(max_batch_size=4)
-    model, tokenizer = tiny_model
-    new = make_artifact(model, tokenizer, profile="alpha", num_virtual_tokens=6, seed=42)
+class Stream:
+    """One streamed /v1/generate request, read event by event; closing it cancels the request."""
 
-    async def scenario() -> tuple[list[dict], list[dict]]:
-        load = asyncio.create_task(_generate_all(server.url, [("alpha", q) for q in QUERIES * 4]))
-        await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=server.url) as client:
-            r = await client.put("/admin/profiles/alpha", content=new, headers=admin_headers())
-            assert r.status_code == 201, r.text
-        return await load, await _generate_all(server.url, [("alpha", q) for q in QUERIES])
+    def __init__(self, client: httpx.Client, body: dict) -> None:
+        self.context = client.stream("POST", "/v1/generate", json={**body, "stream": True})
+        self.response = self.context.__enter__()
+        assert self.response.status_code == 200
+        self.lines = (line[len("data: "):] for line in self.response.iter_lines() if line.startswith("data: "))
 
-    during, after = asyncio.run(scenario())
-    assert {r["version"] for r in during} <= {1, 2}
-    assert [r["version"] for r in after] == [2] * len(QUERIES)
+    def events(self, n: int) -> list[dict]:
+        return [json.loads(next(self.lines)) for _ in range(n)]
+
+    def close(self) -> None:
+        self.context.__exit__(None, None, None)
 
 
-def test_client_disconnect_mid_stream_frees_the_batch_slot(live):
-    server = live(max_batch_size=1, max_new_tokens=100_000)
-    body = {"profile": "alpha", "prompt": QUERIES[0], "max_new_tokens": 100_000, "stream": True}
+def test_running_requests_share_decode_steps(live, long_context_model_dir, long_context_store):
+    server = live(model=str(long_context_model_dir), store=long_context_store, max_batch_size=4,
+                  max_new_tokens=100_000)
+    body = {"prompt": QUERIES[0], "max_new_tokens": 100_000}
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        with client.stream("POST", "/v1/generate", json=body) as response:
-            first = next(line for line in response.iter_lines() if line.startswith("data: "))
-            assert json.loads(first[len("data: "):])["profile"] == "alpha"
+        streams = [Stream(client, {**body, "profile": p}) for p in ("alpha", "beta")]
+        for stream in streams:
+            stream.events(1)  # both admitted: neither can finish on its own
+        assert [s.value for s in metric_samples(server.url, "spul_requests_running")] == [2.0]
+        for stream in streams:
+            stream.events(20)  # steps taken while both run
+            stream.close()
+    buckets = {s.labels["le"]: s.value for s in metric_samples(server.url, "spul_batch_size_bucket")}
+    assert buckets["1.0"] < buckets["2.0"]  # some decode steps ran both rows
+
+
+def test_a_running_request_keeps_its_version_when_a_new_one_is_published(
+    live, long_context_model_dir, long_context_store
+):
+    server = live(model=str(long_context_model_dir), store=long_context_store, max_new_tokens=100_000)
+    model = AutoModelForCausalLM.from_pretrained(long_context_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(long_context_model_dir)
+    new = make_artifact(model, tokenizer, profile="alpha", num_virtual_tokens=6, seed=42)
+    n = 30
+    body = {"profile": "alpha", "prompt": QUERIES[0], "max_new_tokens": n}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        v1_text = client.post("/v1/generate", json=body).json()["text"]
+        running = Stream(client, {**body, "max_new_tokens": 100_000})
+        first = running.events(1)
+        put = client.put("/admin/profiles/alpha", content=new, headers=admin_headers())
+        assert put.status_code == 201 and put.json()["version"] == 2
+        after = client.post("/v1/generate", json=body).json()
+        assert after["version"] == 2 and after["text"] != v1_text  # otherwise the check below proves nothing
+        rest = running.events(n - 1)  # tokens generated while version 2 was already published
+        running.close()
+    assert {e["version"] for e in first + rest} == {1}
+    assert "".join(e["text"] for e in first + rest).startswith(v1_text)
+
+
+def test_client_disconnect_mid_stream_frees_the_batch_slot(live, long_context_model_dir, long_context_store):
+    server = live(model=str(long_context_model_dir), store=long_context_store, max_batch_size=1,
+                  max_new_tokens=100_000)
+    body = {"profile": "alpha", "prompt": QUERIES[0], "max_new_tokens": 100_000}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        stream = Stream(client, body)
+        assert stream.events(1)[0]["profile"] == "alpha"
+        stream.close()
         # the only slot was held by the abandoned stream; this request can only finish if it was freed
         done = client.post("/v1/generate", json={"profile": "beta", "prompt": QUERIES[1], "max_new_tokens": 3})
         assert done.status_code == 200
-    text = httpx.get(server.url + "/metrics").text
-    cancelled = [s for f in text_string_to_metric_families(text) for s in f.samples
-                 if s.name == "spul_requests_total" and s.labels["finish_reason"] == "cancelled"]
+    cancelled = [s for s in metric_samples(server.url, "spul_requests_total") if s.labels["finish_reason"] == "cancelled"]
     assert cancelled and cancelled[0].value == 1.0
 
 
-def test_client_disconnect_during_a_non_streamed_request_frees_the_batch_slot(live):
-    server = live(max_batch_size=1, max_new_tokens=100_000)
+def test_client_disconnect_during_a_non_streamed_request_frees_the_batch_slot(
+    live, long_context_model_dir, long_context_store
+):
+    server = live(model=str(long_context_model_dir), store=long_context_store, max_batch_size=1,
+                  max_new_tokens=100_000)
     body = {"profile": "alpha", "prompt": QUERIES[0], "max_new_tokens": 100_000}
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
         httpx.post(server.url + "/v1/generate", json=body, timeout=1.0)
@@ -151,9 +233,7 @@ def test_client_disconnect_during_a_non_streamed_request_frees_the_batch_slot(li
     done = httpx.post(server.url + "/v1/generate", json={"profile": "beta", "prompt": QUERIES[1],
                                                          "max_new_tokens": 3}, timeout=30)
     assert done.status_code == 200
-    text = httpx.get(server.url + "/metrics").text
-    cancelled = [s for f in text_string_to_metric_families(text) for s in f.samples
-                 if s.name == "spul_requests_total" and s.labels["finish_reason"] == "cancelled"]
+    cancelled = [s for s in metric_samples(server.url, "spul_requests_total") if s.labels["finish_reason"] == "cancelled"]
     assert cancelled and cancelled[0].value == 1.0
 
 
