@@ -1,37 +1,34 @@
-"""benchmarks/soak.py's arithmetic and request mix (the soak itself runs for minutes, not here)."""
+"""The soak's traffic against a real `spul serve`: every request kind and every admin change succeeds.
+
+A few seconds of `benchmarks/soak.py`'s own loops (closed-loop clients sending generate, streamed
+generate, OpenAI completions, model listing and metrics; an admin loop uploading, activating and
+deleting profile versions) on a real server process; the full soak runs for minutes, not here.
+"""
 
 from __future__ import annotations
 
-import random
+import asyncio
 
-import pytest
+from spul.benchmarks.soak import ADMIN_TOKEN, SoakOptions, drive, summarize
+from spul.prompts_store import PromptStore
 
-from spul.benchmarks.soak import SoakOptions, Tally, request_for, slope_mib_per_min, summarize
-
-MIB = 2**20
-
-
-def test_slope_is_mib_per_minute_and_zero_when_flat():
-    rising = [(t * 30.0, 100 * MIB + int(t * MIB)) for t in range(10)]  # +1 MiB every 30 s
-    assert slope_mib_per_min(rising) == pytest.approx(2.0)
-    assert slope_mib_per_min([(t, 100 * MIB) for t in range(5)]) == 0.0
-    assert slope_mib_per_min([(0.0, MIB)]) == 0.0
+SECONDS = 2.5
+# models and metrics are 5% of the mix each: a short run may draw none, so they are not required here
+COMMON_KINDS = {"generate", "generate_stream", "completions", "upload", "activate"}
 
 
-def test_summary_counts_failures_and_ignores_warmup_in_the_slope():
-    tally = Tally()
-    tally.record("generate", None, 0.1)
-    tally.record("upload", "HTTP 500: boom", 0.2)
-    samples = [(0.0, 50 * MIB), (10.0, 200 * MIB), (20.0, 200 * MIB), (30.0, 200 * MIB)]
-    report = summarize(tally, samples, 40.0, SoakOptions(warmup_fraction=0.2))
-    assert (report["requests"], report["failures"], report["failed_by_kind"]) == (2, 1, {"upload": 1})
-    assert report["rss_mib"]["max"] == 200.0 and report["rss_slope_mib_per_min"] == 0.0
-    assert report["first_errors"] == ["upload: HTTP 500: boom"]
+def test_soak_mix_and_admin_changes_all_succeed_on_a_real_server(store_dir, servers, make_artifact):
+    profiles = PromptStore(store_dir).profiles()
+    server = servers(store_dir, admin_token=ADMIN_TOKEN, store_poll_s=0.2).wait_ready()
+    options = SoakOptions(minutes=SECONDS / 60, clients=3, max_new_tokens=4, upload_every_s=0.2,
+                          sample_every_s=0.5)
 
+    def make(profile: str, seed: int) -> bytes:
+        return make_artifact(profile, num_virtual_tokens=(2, 3, 5)[seed % 3], seed=seed)
 
-def test_request_mix_covers_every_kind_and_names_only_known_profiles():
-    rng = random.Random(0)
-    drawn = [request_for(rng, ["p1", "p2"], 8) for _ in range(400)]
-    assert {kind for kind, *_ in drawn} == {"generate", "generate_stream", "completions", "models", "metrics"}
-    bodies = [body for *_, body in drawn if body is not None]
-    assert {b.get("profile", b.get("model")) for b in bodies} == {"p1", "p2"}
+    tally, samples, wall = asyncio.run(drive(server, profiles, make, options))
+    report = summarize(tally, samples, wall, options)
+
+    assert report["failures"] == 0, report["first_errors"]
+    assert COMMON_KINDS <= set(report["ok_by_kind"]), report["ok_by_kind"]
+    assert report["rss_mib"]["max"] > 0 and len(samples) >= 2
