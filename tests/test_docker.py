@@ -72,7 +72,7 @@ def test_dockerfile_contract(name):
     assert "torch==${TORCH_VERSION}" in final and "ARG TORCH_VERSION=2.13.0" in final
     users = [ln.split()[1] for ln in runtime if ln.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert re.search(r"HEALTHCHECK .*CMD \[.*/healthz", final)
+    assert re.search(r"HEALTHCHECK .*CMD \[.*/readyz", final)  # unhealthy while nothing can be served
     assert 'VOLUME ["/models", "/store"]' in final
     assert runtime[-1] == 'ENTRYPOINT ["spul", "serve"]'
     for env in ("SPUL_HOST=0.0.0.0", "SPUL_PORT=8000", "SPUL_STORE=/store"):
@@ -116,7 +116,7 @@ def test_compose_services_have_ports_and_healthchecks(compose):
     for name, service in services.items():
         assert service.get("ports"), name
         assert service["healthcheck"]["test"], name
-    assert any("/healthz" in part for part in services["spul"]["healthcheck"]["test"])
+    assert any("/readyz" in part for part in services["spul"]["healthcheck"]["test"])
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
