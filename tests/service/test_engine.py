@@ -128,6 +128,15 @@ def test_prefix_cache_is_a_byte_bounded_lru():
     assert cache.get("huge") is None
 
 
+def test_a_retired_prefix_is_not_stored_again_by_an_in_flight_prefill():
+    cache = PrefixCache(max_bytes=1 << 20)
+    cache.put("old", _entry(4))
+    cache.retain({"new"})  # "old" was replaced while a prefill that missed it was running
+    cache.put("old", _entry(4))  # that prefill finishes and stores what it computed
+    cache.put("new", _entry(4))
+    assert cache.get("old") is None and cache.get("new") is not None
+
+
 def test_kvbatch_select_trims_unused_leading_columns():
     short, long = _entry(2), _entry(5)
     both = concat_batches([short, long])

@@ -11,7 +11,14 @@ from spul.service.engine import Engine
 from spul.service.metrics import Metrics
 from spul.service.registry import PromptHandle
 from spul.service.sampling import SamplingParams, top_p_filter
-from spul.service.scheduler import GenerationRequest, QueueFull, Scheduler, ShuttingDown
+from spul.service.scheduler import (
+    ContextTooLong,
+    EngineStopped,
+    GenerationRequest,
+    QueueFull,
+    Scheduler,
+    ShuttingDown,
+)
 from spul.service.textstream import TextTracker
 
 
@@ -149,3 +156,107 @@ def test_a_failing_row_ends_with_an_error_and_the_engine_keeps_serving(tiny_mode
     assert together[1][1:] == ("length", 3)
     assert after[0][1:] == ("length", 2)
     assert alive
+
+
+def test_a_request_longer_than_the_context_is_refused_at_submit_naming_the_limit(tiny_model, handles):
+    scheduler = make_scheduler(tiny_model)  # the tiny model has 256 positions; P=5, "hello" is 1 token
+
+    async def body():
+        with pytest.raises(ContextTooLong, match="context length is 256"):
+            scheduler.submit(request(tiny_model, handles[1], "hello", n=256 - 5))
+        scheduler.submit(request(tiny_model, handles[1], "hello", n=256 - 6)).cancel()  # fits exactly
+
+    asyncio.run(body())
+
+
+def test_the_route_answers_400_naming_the_context_length(make_client):
+    client = make_client(max_prompt_tokens=400)
+    response = client.post("/v1/completions", json={"model": "beta", "prompt": "hello " * 260, "max_tokens": 4})
+    assert response.status_code == 400 and "256" in response.json()["error"]["message"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_stopped_engine_fails_new_and_waiting_requests_at_once(tiny_model, handles, monkeypatch):
+    scheduler = make_scheduler(tiny_model)
+
+    def die(*args, **kwargs):
+        raise SystemExit  # not an Exception: ends the engine thread the way a fatal fault would
+
+    monkeypatch.setattr(scheduler.engine, "prefill", die)
+
+    async def body():
+        scheduler.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = await asyncio.wait_for(run_all(scheduler, [request(tiny_model, handles[0], "hello")]), 10)
+        waited = loop.time() - started
+        with pytest.raises(EngineStopped):
+            scheduler.submit(request(tiny_model, handles[0], "hello"))
+        return waiting[0], waited
+
+    (_, reason, _), waited = asyncio.run(body())
+    assert reason == "error" and waited < 5  # not the request's 120 s timeout, nor forever
+
+
+def test_a_short_request_does_not_wait_behind_long_ones(tiny_model, handles):
+    scheduler = make_scheduler(tiny_model, max_batch_size=1)
+    longs = [request(tiny_model, handles[0], "hello", n=30) for _ in range(3)]
+    short = request(tiny_model, handles[0], "hello", n=2)
+    finished: list[str] = []
+
+    async def body():
+        async def one(name, req):
+            await run_all(scheduler, [req])
+            finished.append(name)
+
+        first = asyncio.create_task(one("long0", longs[0]))
+        await asyncio.sleep(0.05)  # long0 holds the only slot
+        rest = [one(f"long{i}", r) for i, r in enumerate(longs[1:], 1)]
+        await asyncio.gather(first, *rest, one("short", short))
+
+    asyncio.run(with_scheduler(scheduler, body))
+    assert finished.index("short") <= 1  # right after the long one that held the slot, not last
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(tiny_model, handles):
+    model = tiny_model[0]
+    words = " ".join(TEXTS * 6)
+    long_req = request(tiny_model, handles[1], words, n=4)
+    running = request(tiny_model, handles[0], "hello", n=40)
+    sizes: list[tuple[int, int]] = []  # (rows, tokens) of every forward
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
+    )
+
+    async def body():
+        alone = (await run_all(scheduler, [long_req]))[0]
+        sizes.clear()
+        stream = scheduler.submit(running)
+        await stream.__anext__()  # decoding
+        together = await run_all(scheduler, [long_req])
+        async for _ in stream:
+            pass
+        return alone, together[0]
+
+    scheduler = make_scheduler(tiny_model, max_step_tokens=24)
+    try:
+        alone, together = asyncio.run(with_scheduler(scheduler, body))
+    finally:
+        hook.remove()
+    assert len(long_req.token_ids) > 40 and together == alone
+    assert max(tokens for _, tokens in sizes) <= 24  # no step ran more than its budget
+    assert sum(1 for rows, tokens in sizes if tokens > 1) >= 4  # the prompt went in several chunks
+
+
+def test_prefix_cache_queries_and_hits_are_exported(tiny_model, handles):
+    scheduler = make_scheduler(tiny_model)
+
+    async def body():
+        for _ in range(3):
+            await run_all(scheduler, [request(tiny_model, handles[1], "hello", n=2)])
+
+    asyncio.run(with_scheduler(scheduler, body))
+    text = scheduler.metrics.render().decode()
+    p = handles[1].embeddings.shape[0]
+    assert f"spul_prefix_cache_queries_total {3 * p}.0" in text
+    assert f"spul_prefix_cache_hits_total {2 * p}.0" in text
