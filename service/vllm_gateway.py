@@ -35,11 +35,11 @@ from prometheus_client import Counter, Gauge
 
 from spul.service.metrics import Metrics
 from spul.service.scheduler import GenerationRequest, QueueFull, ShuttingDown, TokenEvent
+from spul.service.textstream import TextTracker
 
 log = logging.getLogger(__name__)
 
 VNODES = 64  # points per backend on the hash ring: spreads profiles evenly over a few servers
-FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "cancelled"}
 
 
 class BackendError(RuntimeError):
@@ -126,6 +126,8 @@ class VllmGateway:
         urls: list[str],
         *,
         embedding: torch.Tensor,  # (V, H) the model's input-embedding matrix, on CPU
+        tokenizer: Any,
+        eos_token_ids: set[int],
         metrics: Metrics,
         served_model: str | None = None,
         max_queue: int = 256,
@@ -134,6 +136,8 @@ class VllmGateway:
     ) -> None:
         self.ring = BackendRing([Backend(u.rstrip("/")) for u in urls])
         self.embedding = embedding
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
         self.metrics = metrics
         self.served_model = served_model
         self.max_queue = max_queue
@@ -210,12 +214,12 @@ class VllmGateway:
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            "logprobs": 0,  # with the next flag: each chunk carries its token ids
+            "return_tokens_as_token_ids": True,
+            "skip_special_tokens": False,
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
-        if request.stop:
-            body["stop"] = list(request.stop)
         return body
 
     async def _run(self, request: GenerationRequest, stream: GatewayStream) -> None:
@@ -247,11 +251,16 @@ class VllmGateway:
         self, backend: Backend, body: dict[str, Any], request: GenerationRequest, stream: GatewayStream,
         label: str, started: float,
     ) -> bool:
-        """Stream one backend's answer into `stream`; raise BackendError if it failed before any text."""
+        """Stream one backend's tokens into `stream`; raise BackendError if it failed before any token.
+
+        vLLM returns token ids (`return_tokens_as_token_ids`); they are detokenised here by the same
+        `TextTracker` the built-in engine uses, so stop strings, EOS and multi-byte characters
+        behave identically on both engines. Closing the response aborts the request in vLLM.
+        """
         assert self._client is not None
-        first = True
-        usage: dict[str, int] = {}
-        finish: str | None = None
+        tracker = TextTracker(self.tokenizer, request.stop)
+        generated = 0
+        last = started
         try:
             async with self._client.stream("POST", backend.url + "/v1/completions", json=body) as response:
                 if response.status_code != 200:
@@ -259,34 +268,40 @@ class VllmGateway:
                     if response.status_code >= 500:
                         self._mark(backend, healthy=False, error=f"HTTP {response.status_code}")
                     raise BackendError(f"HTTP {response.status_code}: {detail}")
-                async for chunk in _sse_json(response.aiter_lines()):
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or []:
-                        text = choice.get("text") or ""
-                        finish = choice.get("finish_reason") or finish
-                        if text:
-                            if first:
-                                self.metrics.ttft.observe(time.perf_counter() - started)
-                                first = False
-                            stream.push(TokenEvent(text))
+                async for token in _sse_tokens(response.aiter_lines()):
+                    now = time.perf_counter()
+                    (self.metrics.itl if generated else self.metrics.ttft).observe(now - (last if generated else started))
+                    last, generated = now, generated + 1
+                    if token in self.eos_token_ids:
+                        return self._finish(backend, request, stream, label, started, "stop", tracker.flush(), generated)
+                    delta, stopped = tracker.add(token)
+                    if stopped:
+                        return self._finish(backend, request, stream, label, started, "stop", delta, generated)
+                    if generated >= request.max_new_tokens:
+                        return self._finish(backend, request, stream, label, started, "length",
+                                            delta + tracker.flush(), generated)
+                    if delta:
+                        stream.push(TokenEvent(delta, token_id=token, completion_tokens=generated))
         except (httpx.TransportError, httpx.StreamError, BackendError) as err:
             if not isinstance(err, BackendError):
                 self._mark(backend, healthy=False, error=str(err) or type(err).__name__)
-            if first:  # nothing sent yet: the caller may try the next backend
+            if not generated:  # nothing sent yet: the caller may try the next backend
                 raise err if isinstance(err, BackendError) else BackendError(f"{type(err).__name__}: {err}") from err
             stream.push(TokenEvent("", finish_reason="error", error=f"backend {backend.url} failed mid-answer"))
             self.backend_requests.labels(backend.url, "failed").inc()
             self.metrics.requests.labels(label, "error").inc()
             return True
-        reason = FINISH_REASONS.get(finish or "stop", "stop")
-        completion = int(usage.get("completion_tokens", 0))
-        stream.push(TokenEvent("", finish_reason=reason, prompt_tokens=len(request.token_ids),
-                               completion_tokens=completion))
+        # the server ended the stream without EOS in the tokens (e.g. its own stop condition)
+        return self._finish(backend, request, stream, label, started, "stop", tracker.flush(), generated)
+
+    def _finish(self, backend: Backend, request: GenerationRequest, stream: GatewayStream, label: str,
+                started: float, reason: str, text: str, generated: int) -> bool:
+        stream.push(TokenEvent(text, finish_reason=reason, prompt_tokens=len(request.token_ids),
+                               completion_tokens=generated))
         self.backend_requests.labels(backend.url, "ok").inc()
         self.metrics.requests.labels(label, reason).inc()
         self.metrics.prompt_tokens.labels(label).inc(len(request.token_ids))
-        self.metrics.generation_tokens.labels(label).inc(completion)
+        self.metrics.generation_tokens.labels(label).inc(generated)
         self.metrics.e2e.observe(time.perf_counter() - started)
         return True
 
@@ -314,8 +329,8 @@ class VllmGateway:
             await asyncio.sleep(self.health_every_s)
 
 
-async def _sse_json(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an OpenAI-style event stream, up to `data: [DONE]`."""
+async def _sse_tokens(lines: AsyncIterator[str]) -> AsyncIterator[int]:
+    """Token ids from an OpenAI-style completion stream sent with `return_tokens_as_token_ids`."""
     async for line in lines:
         if not line.startswith("data:"):
             continue
@@ -323,6 +338,50 @@ async def _sse_json(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
         if data == "[DONE]":
             return
         try:
-            yield json.loads(data)
-        except json.JSONDecodeError as err:
+            chunk = json.loads(data)
+            for choice in chunk.get("choices") or []:
+                for token in (choice.get("logprobs") or {}).get("tokens") or []:
+                    yield int(token.removeprefix("token_id:"))
+        except (json.JSONDecodeError, ValueError, AttributeError) as err:
             raise BackendError(f"backend sent a malformed event: {data[:200]!r}") from err
+
+
+# ---- start-up: the gateway's half of the model, and proof that each backend runs the same model --
+PROBE_TEXT = "The capital of France is"
+
+
+def same_model_probe(url: str, *, token_ids: list[int], embedding: torch.Tensor, served_model: str | None,
+                     timeout_s: float = 120.0) -> str | None:
+    """None when `url` runs the model whose input embeddings are `embedding`; else why not.
+
+    The same ids are sent twice, as token ids and as this gateway's embeddings of them; a server
+    whose embedding matrix (and model) match answers both with the same greedy tokens and
+    log-probabilities.
+    """
+    common = {"model": served_model, "max_tokens": 4, "temperature": 0.0, "logprobs": 0,
+              "return_tokens_as_token_ids": True}
+    try:
+        with httpx.Client(timeout=timeout_s) as client:
+            as_text = client.post(url + "/v1/completions", json={**common, "prompt": token_ids})
+            embeds = encode_prompt_embeds(embedding[torch.tensor(token_ids)])
+            as_embeds = client.post(url + "/v1/completions", json={**common, "prompt_embeds": embeds})
+    except httpx.HTTPError as err:
+        return f"unreachable ({type(err).__name__}: {err})"
+    for response in (as_text, as_embeds):
+        if response.status_code != 200:
+            return f"HTTP {response.status_code}: {response.text[:300]} (is vLLM started with --enable-prompt-embeds?)"
+    a, b = (r.json()["choices"][0] for r in (as_text, as_embeds))
+    lp_a, lp_b = a["logprobs"]["token_logprobs"], b["logprobs"]["token_logprobs"]
+    tokens_a, tokens_b = a["logprobs"]["tokens"], b["logprobs"]["tokens"]
+    if tokens_a != tokens_b or any(abs(x - y) > 1e-2 for x, y in zip(lp_a, lp_b, strict=False)):
+        return (f"answers {tokens_a} to the token ids but {tokens_b} to this model's embeddings of them: "
+                "the vLLM server runs a different model than the gateway's --model")
+    return None
+
+
+def served_model_info(url: str, timeout_s: float = 10.0) -> tuple[str, int | None]:
+    """The id and max_model_len of the one model a vLLM server serves."""
+    response = httpx.get(url + "/v1/models", timeout=timeout_s)
+    response.raise_for_status()
+    data = response.json()["data"][0]
+    return data["id"], data.get("max_model_len")
