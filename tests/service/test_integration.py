@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import logging
 import socket
 import threading
 import time
@@ -250,11 +252,13 @@ def test_changes_by_another_process_are_picked_up_by_polling(live, store_dir, ti
     assert r.status_code == 200 and r.json()["profile"] == "gamma"
 
 
-def test_admin_cli_client(live, tiny_model, tmp_path, capsys):
+def test_admin_cli_client(live, tiny_model, tmp_path, capsys, caplog):
     from spul.cli import main
     from support.server import ADMIN_TOKEN
 
     server = live()
+    caplog.set_level(logging.INFO)
+    caplog.clear()
     model, tokenizer = tiny_model
     path = tmp_path / "delta.safetensors"
     path.write_bytes(make_artifact(model, tokenizer, profile="delta", num_virtual_tokens=2, seed=8))
@@ -268,4 +272,104 @@ def test_admin_cli_client(live, tiny_model, tmp_path, capsys):
     listing = capsys.readouterr().out
     assert "delta\tactive v1\tserving v1\tversions [1]" in listing
     assert main(["profiles", "show", "delta", "--server", server.url, "--token", "x" * 20]) == 2  # wrong token
-    assert "401" in capsys.readouterr().err
+    assert "(401): missing or wrong admin bearer token" in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.name.startswith("httpx")]  # no line per HTTP call
+    no_admin = live(admin_token=None)
+    assert main(["profiles", "list", "--server", no_admin.url, "--token", ADMIN_TOKEN]) == 2
+    assert "admin endpoints are disabled on this server: start it with SPUL_ADMIN_TOKEN" in capsys.readouterr().err
+
+
+class SlowTokenizer:
+    """The server's tokenizer, taking `delay_s` longer for every encoding."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def __call__(self, *args, **kwargs):
+        time.sleep(self.delay_s)
+        return self.inner(*args, **kwargs)
+
+    def apply_chat_template(self, *args, **kwargs):
+        time.sleep(self.delay_s)
+        return self.inner.apply_chat_template(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("route", ["/v1/generate", "/v1/chat/completions"])
+def test_tokenisation_does_not_stall_other_requests(live, route):
+    server = live()
+    runtime = server.app.state.runtime
+    runtime.tokenizer = SlowTokenizer(runtime.tokenizer, delay_s=2.0)
+    body = ({"profile": "alpha", "prompt": QUERIES[0], "max_new_tokens": 2} if route == "/v1/generate" else
+            {"model": "alpha", "messages": [{"role": "user", "content": QUERIES[0]}], "max_tokens": 2})
+    slow = threading.Thread(target=lambda: results.append(httpx.post(server.url + route, json=body, timeout=30)))
+    results: list[httpx.Response] = []
+    slow.start()
+    time.sleep(0.3)  # the slow request is being tokenised now
+    start = time.monotonic()
+    assert httpx.get(server.url + "/healthz", timeout=30).status_code == 200
+    assert time.monotonic() - start < 1.0  # on the event loop the tokenisation would hold it for ~1.7 s
+    slow.join(timeout=30)
+    assert results[0].status_code == 200
+
+
+def test_a_huge_body_is_refused_at_once_and_others_are_served(live):
+    server = live()  # the default limit: SPUL_MAX_REQUEST_BYTES = 1 MiB
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    start = time.monotonic()
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(51 * 2**20))  # 256 messages of 200k characters
+    conn.endheaders(b'{"model": "alpha", "messages": [')
+    response = conn.getresponse()
+    refused = json.loads(response.read())
+    conn.close()
+    assert response.status == 413 and refused["error"]["code"] == "request_too_large"
+    assert time.monotonic() - start < 2.0
+    small = httpx.post(server.url + "/v1/generate", json={"profile": "beta", "prompt": QUERIES[1], "max_new_tokens": 2})
+    assert small.status_code == 200
+
+
+def closed_within(sock: socket.socket, seconds: float, trickle: bytes | None = None) -> bool:
+    """Whether the server closes `sock` within `seconds`, while we send `trickle` a byte at a time."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.2)
+    sent = 0
+    while time.monotonic() < deadline:
+        if trickle is not None and sent < len(trickle):
+            try:
+                sock.send(trickle[sent : sent + 1])
+            except OSError:
+                return True
+            sent += 1
+        try:
+            if sock.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def test_idle_and_trickling_connections_are_closed(live):
+    server = live(read_timeout_s=0.5)
+    idle = socket.create_connection(("127.0.0.1", server.port))
+    trickling = socket.create_connection(("127.0.0.1", server.port))
+    header = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: a\r\n" * 100
+    assert closed_within(idle, 3.0)
+    assert closed_within(trickling, 3.0, trickle=header)
+    idle.close()
+    trickling.close()
+    # a slow body: the head arrives, the body does not
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.putrequest("POST", "/v1/generate")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", "100")
+    conn.endheaders(b'{"profile": ')
+    response = conn.getresponse()
+    assert response.status == 408 and json.loads(response.read())["error"]["code"] == "request_timeout"
+    conn.close()
+    assert httpx.get(server.url + "/healthz").status_code == 200  # a prompt client is served

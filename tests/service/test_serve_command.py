@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import spul.assets
@@ -34,3 +35,23 @@ def test_default_model_seeds_the_demo_profiles_into_an_empty_store(
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["demo-alpha", "demo-beta"]
         answer = client.post("/v1/generate", json={"profile": "demo-beta", "prompt": "hello", "max_new_tokens": 2})
         assert answer.status_code == 200 and answer.json()["version"] == 1
+
+
+def test_a_model_that_cannot_load_exits_with_the_start_up_failure_code(monkeypatch, tmp_path, capsys):
+    from spul.commands.serve import EXIT_STARTUP_FAILED
+    from support.procs import free_port
+
+    for key in [k for k in os.environ if k.startswith("SPUL_")]:
+        monkeypatch.delenv(key)
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    argv = ["serve", "--model", str(not_a_model), "--store", str(tmp_path / "store"), "--port", str(free_port())]
+    assert EXIT_STARTUP_FAILED not in (0, 1, 2, 143)  # distinct from success, usage errors and a SIGTERM stop
+    assert main(argv) == EXIT_STARTUP_FAILED
+
+
+def test_bad_settings_are_named_without_echoing_secrets(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SPUL_ADMIN_TOKEN", "short-secret")
+    assert main(["serve", "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert "SPUL_ADMIN_TOKEN" in err and "short-secret" not in err
