@@ -29,6 +29,7 @@ import torch
 
 from spul.trainer.data import Batch, Row, encode_batch
 from spul.trainer.losses import answer_logits, kl_sum, row_ce
+from spul.trainer.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -93,29 +94,32 @@ def forget_term(
     method: Method,
     generic_labels: Sequence[str],
     rng: random.Random,
+    chat_template: bool = False,
 ) -> torch.Tensor:
     """GA: -CE on the true answers. RL: CE towards a random generic label. Per forget row."""
     answers = [rng.choice(generic_labels) for _ in rows] if method == "rl" else [r.answer for r in rows]
-    ce = row_ce(answer_logits(model, _encode(model, tokenizer, rows, answers))).mean()
+    ce = row_ce(answer_logits(model, _encode(model, tokenizer, rows, answers, chat_template))).mean()
     return ce if method == "rl" else -ce
 
 
-def retain_ce(model: Any, tokenizer: Any, rows: Sequence[Row]) -> torch.Tensor:
+def retain_ce(model: Any, tokenizer: Any, rows: Sequence[Row], *, chat_template: bool = False) -> torch.Tensor:
     """CE on the true retain answers, per row."""
-    return row_ce(answer_logits(model, _encode(model, tokenizer, rows))).mean()
+    return row_ce(answer_logits(model, _encode(model, tokenizer, rows, None, chat_template))).mean()
 
 
-def retain_kl(model: Any, original: Any, tokenizer: Any, rows: Sequence[Row]) -> torch.Tensor:
+def retain_kl(model: Any, original: Any, tokenizer: Any, rows: Sequence[Row], *,
+              chat_template: bool = False) -> torch.Tensor:
     """KL(original || model) summed over the positions that predict retain answer tokens, per row."""
-    batch = _encode(model, tokenizer, rows)
+    batch = _encode(model, tokenizer, rows, None, chat_template)
     with torch.no_grad():
         reference = answer_logits(original, batch).logits  # (N, V)
     return kl_sum(reference, answer_logits(model, batch).logits) / len(rows)
 
 
-def _encode(model: Any, tokenizer: Any, rows: Sequence[Row], answers: Sequence[str] | None = None) -> Batch:
+def _encode(model: Any, tokenizer: Any, rows: Sequence[Row], answers: Sequence[str] | None,
+            chat_template: bool) -> Batch:
     answers = [r.answer for r in rows] if answers is None else list(answers)
-    return encode_batch(tokenizer, [r.prompt for r in rows], answers).to(_device(model))
+    return encode_batch(tokenizer, [r.prompt for r in rows], answers, chat_template=chat_template).to(_device(model))
 
 
 def baseline_loss(
@@ -128,17 +132,19 @@ def baseline_loss(
     config: BaselineConfig,
     generic_labels: Sequence[str],
     rng: random.Random,
+    chat_template: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The method's loss on one forget batch (and one retain batch for ga_kl / ga_gd)."""
-    lf = forget_term(model, tokenizer, forget, method=config.method, generic_labels=generic_labels, rng=rng)
+    lf = forget_term(model, tokenizer, forget, method=config.method, generic_labels=generic_labels, rng=rng,
+                     chat_template=chat_template)
     terms = {"L_f": lf.item()}
     if config.method == "ga_gd":
-        lr_ = retain_ce(model, tokenizer, retain)
+        lr_ = retain_ce(model, tokenizer, retain, chat_template=chat_template)
         terms["L_r"] = lr_.item()
         return lf + config.retain_weight * lr_, terms
     if config.method == "ga_kl":
         assert original is not None
-        kl = retain_kl(model, original, tokenizer, retain)
+        kl = retain_kl(model, original, tokenizer, retain, chat_template=chat_template)
         terms["L_kl"] = kl.item()
         return lf + config.retain_weight * kl, terms
     return lf, terms
@@ -153,8 +159,13 @@ def unlearn(
     *,
     config: BaselineConfig,
     generic_labels: Sequence[str],
+    chat_template: bool = False,
+    progress: Progress | None = None,
 ) -> BaselineResult:
-    """Fine-tune a copy of ``model`` with ``config.method``; ``model`` itself is left untouched."""
+    """Fine-tune a copy of ``model`` with ``config.method``; ``model`` itself is left untouched.
+
+    ``progress``, if given, advances one unit per optimizer step.
+    """
     if not forget:
         raise ValueError("the forget set is empty: nothing to unlearn")
     if config.uses_retain and not retain:
@@ -179,6 +190,7 @@ def unlearn(
             config=config,
             generic_labels=generic_labels,
             rng=rng,
+            chat_template=chat_template,
         )
         if not torch.isfinite(loss):
             log.warning("%s: loss not finite at step %d; stopping early", config.method, len(history))
@@ -188,6 +200,8 @@ def unlearn(
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         history.append(terms)
+        if progress is not None:
+            progress.update(**terms)
     student.eval().requires_grad_(False)
     return BaselineResult(
         student, config, time.perf_counter() - started, sum(p.numel() for p in params), history
@@ -236,6 +250,8 @@ def search_lr(
     grid: Sequence[float],
     retain_sample: int = 200,
     accuracy_fn: Any,
+    chat_template: bool = False,
+    progress: bool = False,
 ) -> tuple[BaselineResult, list[LrTrial]]:
     """Run ``config`` at every lr of ``grid``; keep the best by train retain - train forget accuracy.
 
@@ -247,15 +263,18 @@ def search_lr(
     sample = random.Random(config.seed).sample(list(retain), min(retain_sample, len(retain)))
     best: tuple[float, float, BaselineResult] | None = None
     trials: list[LrTrial] = []
-    for lr in sorted(grid):
-        result = unlearn(
-            model, tokenizer, forget, retain, config=_with_lr(config, lr), generic_labels=generic_labels
-        )
-        f_acc, r_acc = accuracy_fn(result.model, forget), accuracy_fn(result.model, sample)
-        trials.append(LrTrial(lr, f_acc, r_acc, r_acc - f_acc))
-        log.info("%s lr=%g: train_forget %.3f train_retain %.3f", config.method, lr, f_acc, r_acc)
-        if best is None or r_acc - f_acc > best[0] + 1e-9:  # strict: ties keep the smaller lr
-            best = (r_acc - f_acc, lr, result)
+    steps = config.steps(len(forget))
+    with Progress(len(grid) * steps, f"{config.method} lr search", enabled=progress) as bar:
+        for lr in sorted(grid):
+            result = unlearn(model, tokenizer, forget, retain, config=_with_lr(config, lr),
+                             generic_labels=generic_labels, chat_template=chat_template, progress=bar)
+            if len(result.history) < steps:  # a run stopped early counts as done
+                bar.update(steps - len(result.history))
+            f_acc, r_acc = accuracy_fn(result.model, forget), accuracy_fn(result.model, sample)
+            trials.append(LrTrial(lr, f_acc, r_acc, r_acc - f_acc))
+            log.info("%s lr=%g: train_forget accuracy %.3f, train_retain %.3f", config.method, lr, f_acc, r_acc)
+            if best is None or r_acc - f_acc > best[0] + 1e-9:  # strict: ties keep the smaller lr
+                best = (r_acc - f_acc, lr, result)
     assert best is not None
     return best[2], trials
 

@@ -38,6 +38,7 @@ def answer_logprobs(
     *,
     prompt: torch.Tensor | None = None,
     batch_size: int = 64,
+    chat_template: bool = False,
 ) -> np.ndarray:
     """log p(answer tokens + EOS | prompt) for each row, shape (N,)."""
     device = next(model.parameters()).device
@@ -46,7 +47,8 @@ def answer_logprobs(
     out: list[torch.Tensor] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        batch = encode_batch(tokenizer, [r.prompt for r in chunk], [r.answer for r in chunk]).to(device)
+        prompts, answers = [r.prompt for r in chunk], [r.answer for r in chunk]
+        batch = encode_batch(tokenizer, prompts, answers, chat_template=chat_template).to(device)
         out.append(-row_ce(answer_logits(model, batch, prompt)).cpu())  # (b,)
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
