@@ -17,6 +17,7 @@ from spul.service.metrics import Metrics
 from spul.service.registry import ModelIdentity, PromptRegistry
 from spul.service.scheduler import Scheduler
 from spul.service.settings import Settings
+from spul.service.vllm_gateway import GatewayError, VllmGateway, connect_gateway
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ class Runtime:
     model_name: str
     tokenizer: Any
     registry: PromptRegistry
-    engine: Engine
-    scheduler: Scheduler
+    engine: Engine | None  # None when vLLM is the engine (--engine vllm)
+    scheduler: Scheduler | VllmGateway
     metrics: Metrics
 
     @property
@@ -64,7 +65,7 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     """Load the model once, then every active profile (validated against this model)."""
     model_name = settings.model
     store = PromptStore(settings.store, max_bytes=settings.max_upload_bytes)
-    if model_name is None:
+    if model_name in (None, "reference"):  # the shipped model (spul.catalog name) + its demo profiles
         model_dir, profiles_dir = reference_paths()
         if not (model_dir / "config.json").is_file():
             raise StartupError(
@@ -73,21 +74,23 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
             )
         model_name = str(model_dir)
         seed_reference_profiles(store, profiles_dir)
+    gateway = settings.engine == "vllm"  # vLLM runs the model; this process only embeds the tokens
     try:
-        device = pick_device(settings.device)
+        device = torch.device("cpu") if gateway else pick_device(settings.device)
         base = load_base_model(model_name, device=device, dtype=serving_dtype(settings.dtype, device))
     except ModelLoadError as err:
         raise StartupError(str(err)) from err
     model, tokenizer = base.model, base.tokenizer
-    engine = Engine(model, prefix_cache_bytes=settings.prefix_cache_bytes)
+    engine = None if gateway else Engine(model, prefix_cache_bytes=settings.prefix_cache_bytes)
     identity = ModelIdentity(
         fingerprint=model_fingerprint(model, tokenizer),
         hidden_size=base.hidden_size,  # the input embedding's width (multimodal configs nest hidden_size)
-        device=engine.device,
-        dtype=engine.dtype,
+        device=engine.device if engine is not None else device,
+        dtype=engine.dtype if engine is not None else base.model.get_input_embeddings().weight.dtype,
     )
     def on_change(active: set[str]) -> None:
-        engine.prefix_cache.retain(active)  # old versions' prefixes can never be asked for again
+        if engine is not None:
+            engine.prefix_cache.retain(active)  # old versions' prefixes can never be asked for again
         metrics.profiles_loaded.set(len(registry.loaded()))
 
     registry = PromptRegistry(
@@ -97,14 +100,20 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     registry.refresh()
     log.info("loaded %d profiles in %.2fs", len(registry.loaded()), time.perf_counter() - start)
     _check_default_profile(settings, registry)
-    scheduler = Scheduler(
-        engine,
-        tokenizer,
-        metrics,
-        max_batch_size=settings.max_batch_size,
-        max_queue=settings.max_queue,
-        eos_token_ids=_eos_ids(model, tokenizer),
-    )
+    if engine is None:
+        try:
+            scheduler = connect_gateway(settings, base, metrics, eos_token_ids=_eos_ids(model, tokenizer))
+        except GatewayError as err:
+            raise StartupError(str(err)) from err
+    else:
+        scheduler = Scheduler(
+            engine,
+            tokenizer,
+            metrics,
+            max_batch_size=settings.max_batch_size,
+            max_queue=settings.max_queue,
+            eos_token_ids=_eos_ids(model, tokenizer),
+        )
     return Runtime(settings, Path(model_name).name or model_name, tokenizer, registry, engine, scheduler, metrics)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_STORE = Path.home() / ".cache" / "spul" / "store"
 
@@ -20,6 +21,9 @@ class Settings(BaseSettings):
     store: Path = DEFAULT_STORE
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    engine: Literal["builtin", "vllm"] = Field("builtin", description="vllm: forward to vLLM servers (vllm_urls)")
+    vllm_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="vLLM servers (JSON list or comma-separated)")
+    vllm_model: str | None = Field(None, description="model name the vLLM servers serve (default: theirs)")
 
     admin_enabled: bool | None = Field(None, description="None = enabled exactly when a token is set")
     admin_token: SecretStr | None = None
@@ -42,8 +46,22 @@ class Settings(BaseSettings):
     max_profile_labels: int = Field(100, ge=1, description="distinct profile metric labels before 'other'")
     shutdown_grace_s: float = Field(10.0, ge=0)
 
+    @field_validator("vllm_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):  # SPUL_VLLM_URLS=http://a:8000,http://b:8000 or a JSON list
+            value = json.loads(value) if value.lstrip().startswith("[") else [
+                u.strip() for u in value.split(",") if u.strip()]
+        if isinstance(value, list):
+            for url in value:
+                if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                    raise ValueError(f"vLLM URL {url!r} must start with http:// or https://")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.engine == "vllm" and not self.vllm_urls:
+            raise ValueError("--engine vllm needs at least one --vllm-url (SPUL_VLLM_URLS)")
         if self.admin_enabled and self.admin_token is None:
             raise ValueError("admin endpoints are enabled but no token is set: set SPUL_ADMIN_TOKEN "
                              "(or SPUL_ADMIN_ENABLED=false)")

@@ -34,7 +34,7 @@ import torch
 from prometheus_client import Counter, Gauge
 
 from spul.service.metrics import Metrics
-from spul.service.scheduler import GenerationRequest, QueueFull, ShuttingDown, TokenEvent
+from spul.service.scheduler import ContextTooLong, GenerationRequest, QueueFull, ShuttingDown, TokenEvent
 from spul.service.textstream import TextTracker
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class Backend:
     url: str  # e.g. http://10.0.0.5:8001, no trailing slash
     healthy: bool = True
     last_error: str = ""
+    verified: bool = False  # passed the same-model probe; an unverified backend is never sent requests
 
 
 class BackendRing:
@@ -76,6 +77,10 @@ class BackendRing:
                     break
         ordered = [self.backends[j] for j in seen]
         return [b for b in ordered if b.healthy] + [b for b in ordered if not b.healthy]
+
+    def usable(self, key: str) -> list[Backend]:
+        """`order(key)` without backends that never passed the same-model probe."""
+        return [b for b in self.order(key) if b.verified]
 
 
 def _hash(text: str) -> int:
@@ -147,6 +152,8 @@ class VllmGateway:
         self._health: asyncio.Task[None] | None = None
         self._inflight: set[GatewayStream] = set()
         self._closing = False
+        self.max_positions: int | None = None  # the smallest max_model_len of the backends
+        self.probe_ids: list[int] = [0]  # token ids of the same-model probe
         r = metrics.registry
         self.backend_requests = Counter(
             "spul_vllm_backend_requests", "Requests sent to a vLLM backend", ["backend", "outcome"], registry=r
@@ -167,6 +174,7 @@ class VllmGateway:
     def submit(self, request: GenerationRequest) -> GatewayStream:
         if self._closing or self._client is None:
             raise ShuttingDown("server is shutting down")
+        self._check_context(request)
         if len(self._inflight) >= self.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
             raise QueueFull(retry_after=1)
@@ -175,6 +183,13 @@ class VllmGateway:
         stream.task = asyncio.create_task(self._run(request, stream))
         stream.task.add_done_callback(lambda _: self._inflight.discard(stream))
         return stream
+
+    def _check_context(self, request: GenerationRequest) -> None:
+        limit = self.max_positions
+        prompt, query = request.handle.embeddings.shape[0], len(request.token_ids)
+        if limit is not None and prompt + query + request.max_new_tokens > limit:
+            self.metrics.rejected.labels("context_length").inc()
+            raise ContextTooLong(prompt=prompt, query=query, max_new_tokens=request.max_new_tokens, limit=limit)
 
     async def shutdown(self, *, grace_s: float = 10.0) -> None:
         self._closing = True
@@ -196,7 +211,7 @@ class VllmGateway:
     @property
     def alive(self) -> bool:
         """Ready while at least one backend is healthy."""
-        return not self._closing and any(b.healthy for b in self.ring.backends)
+        return not self._closing and any(b.healthy and b.verified for b in self.ring.backends)
 
     # ---- one request ----------------------------------------------------------------------------
     def build_embeds(self, request: GenerationRequest) -> torch.Tensor:
@@ -227,7 +242,7 @@ class VllmGateway:
         started = time.perf_counter()
         body = self.body(request)
         errors: list[str] = []
-        for attempt, backend in enumerate(self.ring.order(request.handle.profile)):
+        for attempt, backend in enumerate(self.ring.usable(request.handle.profile)):
             if attempt:
                 self.failovers.inc()
             try:
@@ -315,13 +330,25 @@ class VllmGateway:
         self.backend_healthy.labels(backend.url).set(1 if healthy else 0)
 
     async def check_health(self) -> None:
+        """Poll every backend's /health; a backend seen for the first time must pass the same-model probe."""
         assert self._client is not None
         for backend in self.ring.backends:
             try:
                 response = await self._client.get(backend.url + "/health", timeout=2.0)
-                self._mark(backend, healthy=response.status_code == 200, error=f"HTTP {response.status_code}")
             except httpx.HTTPError as err:
                 self._mark(backend, healthy=False, error=str(err) or type(err).__name__)
+                continue
+            if response.status_code != 200:
+                self._mark(backend, healthy=False, error=f"HTTP {response.status_code}")
+            elif not backend.verified:
+                problem = await asyncio.to_thread(same_model_probe, backend.url, token_ids=self.probe_ids,
+                                                  embedding=self.embedding, served_model=self.served_model)
+                backend.verified = problem is None
+                if problem is not None:
+                    log.error("vLLM backend %s is not used: %s", backend.url, problem)
+                self._mark(backend, healthy=problem is None, error=problem or "")
+            else:
+                self._mark(backend, healthy=True)
 
     async def _health_loop(self) -> None:
         while True:
@@ -385,3 +412,48 @@ def served_model_info(url: str, timeout_s: float = 10.0) -> tuple[str, int | Non
     response.raise_for_status()
     data = response.json()["data"][0]
     return data["id"], data.get("max_model_len")
+
+
+class GatewayError(RuntimeError):
+    """The gateway cannot start: a vLLM server runs another model, or the settings are inconsistent."""
+
+
+def connect_gateway(settings: Any, base: Any, metrics: Metrics, *, eos_token_ids: set[int]) -> VllmGateway:
+    """Build the gateway from the loaded model's tokenizer and embeddings, checking every reachable backend.
+
+    A backend that answers but runs another model stops the start (a configuration error must not
+    serve); one that cannot be reached yet starts unhealthy and is used once its health check
+    passes.
+    """
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per forwarded request otherwise
+    module = base.model.get_input_embeddings()  # called, not indexed: some models scale embeddings
+    ids = base.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"] or [0]
+    with torch.no_grad():
+        table = module(torch.arange(module.weight.shape[0])).detach().clone()  # (V, H)
+    gateway = VllmGateway(
+        list(settings.vllm_urls),
+        embedding=table,
+        tokenizer=base.tokenizer,
+        eos_token_ids=eos_token_ids,
+        metrics=metrics,
+        served_model=settings.vllm_model,
+        max_queue=settings.max_queue,
+    )
+    gateway.probe_ids = ids
+    for backend in gateway.ring.backends:
+        try:
+            served, max_len = served_model_info(backend.url)
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as err:
+            backend.healthy, backend.last_error = False, f"not reachable at start: {err}"
+            log.warning("vLLM backend %s is not reachable yet (%s); it joins once healthy", backend.url, err)
+            continue
+        problem = same_model_probe(backend.url, token_ids=ids, embedding=table, served_model=settings.vllm_model)
+        if problem is not None:
+            raise GatewayError(f"vLLM backend {backend.url} (serving {served!r}) does not match --model "
+                               f"{base.name!r}: {problem}")
+        backend.verified = True
+        if max_len is not None:
+            gateway.max_positions = min(gateway.max_positions or max_len, max_len)
+        log.info("vLLM backend %s serves %s (max_model_len %s), same model as the gateway", backend.url, served,
+                 max_len)
+    return gateway

@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--require-profile", action="store_true", default=None,
                         help="refuse every request that names no profile, even with a default profile")
     parser.add_argument("--max-batch-size", type=int, help="rows per decode step (default 32)")
+    parser.add_argument("--engine", choices=["builtin", "vllm"],
+                        help="builtin (default): run the model here; vllm: a gateway in front of vLLM servers "
+                        "started with --enable-prompt-embeds (docs/deploy-vllm.md)")
+    parser.add_argument("--vllm-url", dest="vllm_urls", action="append", metavar="URL",
+                        help="a vLLM server for --engine vllm (repeat for several; profiles are routed by "
+                        "consistent hashing)")
     parser.add_argument("--prefix-cache-bytes", type=int, help="soft-prompt prefix cache size in bytes (default 256 MiB); 0 disables it")
     parser.set_defaults(func=run)
 
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from spul.service.settings import Settings
 
     names = ("host", "port", "model", "store", "device", "dtype", "default_profile", "require_profile",
-             "max_batch_size", "prefix_cache_bytes")
+             "max_batch_size", "prefix_cache_bytes", "engine", "vllm_urls")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     try:
         settings = Settings(**overrides)
