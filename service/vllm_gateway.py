@@ -22,6 +22,7 @@ import bisect
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import time
@@ -39,6 +40,7 @@ from spul.service.textstream import TextTracker
 
 log = logging.getLogger(__name__)
 
+MIN_VLLM_VERSION = (0, 19, 0)  # prompt_embeds CVE-2025-62164 fixed in 0.11.1; `n` DoS CVE-2026-34756 in 0.19.0
 VNODES = 64  # points per backend on the hash ring: spreads profiles evenly over a few servers
 
 
@@ -341,14 +343,21 @@ class VllmGateway:
             if response.status_code != 200:
                 self._mark(backend, healthy=False, error=f"HTTP {response.status_code}")
             elif not backend.verified:
-                problem = await asyncio.to_thread(same_model_probe, backend.url, token_ids=self.probe_ids,
-                                                  embedding=self.embedding, served_model=self.served_model)
+                problem = await asyncio.to_thread(self.admission_problem, backend.url)
                 backend.verified = problem is None
                 if problem is not None:
                     log.error("vLLM backend %s is not used: %s", backend.url, problem)
                 self._mark(backend, healthy=problem is None, error=problem or "")
             else:
                 self._mark(backend, healthy=True)
+
+    def admission_problem(self, url: str) -> str | None:
+        """Why a backend seen for the first time must not be used (old vLLM, another model), or None."""
+        try:
+            return version_problem(url) or same_model_probe(url, token_ids=self.probe_ids, embedding=self.embedding,
+                                                            served_model=self.served_model)
+        except httpx.HTTPError as err:
+            return f"unreachable ({type(err).__name__}: {err})"
 
     async def _health_loop(self) -> None:
         while True:
@@ -406,6 +415,28 @@ def same_model_probe(url: str, *, token_ids: list[int], embedding: torch.Tensor,
     return None
 
 
+def version_problem(url: str, timeout_s: float = 10.0) -> str | None:
+    """None when the vLLM server at `url` is at least MIN_VLLM_VERSION; else what is wrong."""
+    response = httpx.get(url + "/version", timeout=timeout_s)
+    response.raise_for_status()
+    text = str(response.json().get("version", ""))
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        if not digits:
+            break
+        parts.append(int(digits))
+    if len(parts) < 2:
+        log.warning("cannot read the vLLM version of %s (%r); make sure it is >= %s", url, text,
+                    ".".join(map(str, MIN_VLLM_VERSION)))
+        return None
+    if tuple(parts) < MIN_VLLM_VERSION:
+        minimum = ".".join(map(str, MIN_VLLM_VERSION))
+        return (f"vLLM {text} is older than {minimum}, which fixes the prompt_embeds and request-size "
+                f"advisories (CVE-2025-62164, CVE-2026-34756); upgrade it (docs/deploy-vllm.md)")
+    return None
+
+
 def served_model_info(url: str, timeout_s: float = 10.0) -> tuple[str, int | None]:
     """The id and max_model_len of the one model a vLLM server serves."""
     response = httpx.get(url + "/v1/models", timeout=timeout_s)
@@ -447,9 +478,10 @@ def connect_gateway(settings: Any, base: Any, metrics: Metrics, *, eos_token_ids
             backend.healthy, backend.last_error = False, f"not reachable at start: {err}"
             log.warning("vLLM backend %s is not reachable yet (%s); it joins once healthy", backend.url, err)
             continue
-        problem = same_model_probe(backend.url, token_ids=ids, embedding=table, served_model=settings.vllm_model)
+        problem = version_problem(backend.url) or same_model_probe(
+            backend.url, token_ids=ids, embedding=table, served_model=settings.vllm_model)
         if problem is not None:
-            raise GatewayError(f"vLLM backend {backend.url} (serving {served!r}) does not match --model "
+            raise GatewayError(f"vLLM backend {backend.url} (serving {served!r}) cannot be used with --model "
                                f"{base.name!r}: {problem}")
         backend.verified = True
         if max_len is not None:

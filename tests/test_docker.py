@@ -228,3 +228,16 @@ def test_dashboard_covers_the_required_views():
         "sum by (profile) (rate(spul_requests_total",
     ):
         assert required in exprs, required
+
+
+def test_vllm_override_keeps_vllm_private_and_points_the_gateway_at_it():
+    override = load_yaml(DOCKER / "compose.vllm.yaml")
+    vllm, gateway = override["services"]["vllm"], override["services"]["spul"]
+    assert "ports" not in vllm  # the prompt_embeds endpoint is never published
+    assert vllm["networks"] == ["engine"] and override["networks"]["engine"]["internal"] is True
+    assert "engine" in gateway["networks"]
+    assert "--enable-prompt-embeds" in vllm["command"]
+    assert gateway["environment"]["SPUL_ENGINE"] == "vllm"
+    assert gateway["environment"]["SPUL_VLLM_URLS"] == "http://vllm:8000"
+    model_arg = next(a for a in vllm["command"] if a.startswith("--model="))
+    assert model_arg.split("=", 1)[1] == gateway["environment"]["SPUL_MODEL"]  # one model for both
