@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 from spul.cli import main
 from spul.prompts_store import PromptStore
 from spul.prompts_store.artifact import TENSOR_NAME, ArtifactMeta, tensor_digest
-from support.fake_world import write_fake_world
+from support.fake_world import user_data, write_fake_world
 
 SPLITS4 = ["train_forget", "train_retain", "test_forget", "test_retain"]
 
@@ -103,6 +103,76 @@ def test_unknown_base_model_is_refused(world, tmp_path, capsys):
 def test_missing_world_is_refused(tmp_path, capsys):
     line = run_error(capsys, ["eval", "--world", str(tmp_path), "--task", "qa", "--report", str(tmp_path / "r.json")])
     assert "spul world build" in line
+
+
+def test_train_and_eval_on_the_users_own_data(world, tmp_path, capsys, caplog):
+    """--data DIR: rows without ids, metadata from data.json (generic answer, scoring rule, base model)."""
+    data = user_data(world, tmp_path / "mine", name="mine", generic_answers=["unknown"], match="contains",
+                     base_model=str(world / "model"), train={"steps": 2, "num_virtual_tokens": 3})
+    out = tmp_path / "mine.safetensors"
+    assert main(["train", "--data", str(data), "--out", str(out), "--forget-per-batch", "2",
+                 "--retain-per-batch", "2", "--no-progress"]) == 0
+    with safe_open(out, "pt") as fh:
+        meta = fh.metadata()
+    config = json.loads(meta["training_config"])
+    assert config["task"] == "mine" and config["data"] == str(data) and config["match"] == "contains"
+    assert config["steps"] == 2 and config["forget_per_batch"] == 2  # data.json's "train", then the flags
+    assert load_file(out)[TENSOR_NAME].shape[0] == 3 and meta["profile"] == "mine"
+    caplog.set_level("INFO", logger="spul")
+    assert main(["eval", "--data", str(data), "--prompt", str(out), "--report", str(tmp_path / "r.json"),
+                 "--threads", "1"]) == 0
+    assert "torch threads: 1 (--threads" in caplog.text  # the thread count is stated
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["scoring"]["match"] == "contains" and report["data"] == str(data)
+    assert report["results"]["spul"]["test_retain"] == json.loads(meta["eval_metrics"])["spul"]["test_retain"]
+
+
+def test_users_data_errors_name_the_file_and_never_the_world(world, tmp_path, capsys):
+    data = user_data(world, tmp_path / "mine")
+    (data / "test_forget.jsonl").unlink()
+    line = run_error(capsys, ["eval", "--data", str(data), "--base", str(world / "model"),
+                              "--report", str(tmp_path / "r.json")])
+    assert "missing split(s) ['test_forget']" in line and "world" not in line
+    (data / "train_retain.jsonl").write_text('{"prompt": "q"}\n')
+    line = run_error(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "x.safetensors")])
+    assert "train_retain.jsonl:1: missing field(s) ['answer']" in line and "world" not in line
+    line = run_error(capsys, ["eval", "--data", str(user_data(world, tmp_path / "nobase")),
+                              "--report", str(tmp_path / "r.json")])
+    assert "pass --base MODEL" in line and "world" not in line
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "pass your data with --data DIR"),
+        (["--data", "D", "--world", "W", "--task", "qa"], "pass your data with --data DIR"),
+        (["--world", "W"], "--world needs --task"),
+        (["--data", "D", "--task", "qa"], "--task goes with --world"),
+    ],
+)
+def test_data_options_are_checked_before_anything_loads(tmp_path, capsys, argv, expected):
+    line = run_error(capsys, ["eval", *argv, "--report", str(tmp_path / "r.json")])
+    assert expected in line
+
+
+@pytest.mark.parametrize(
+    "cores, load, want",
+    [(2, 0.0, 1), (1, 0.0, 1), (16, 0.5, 8), (8, 0.0, 8), (8, 3.2, 4), (8, 7.5, 1), (4, 1.0, 3)],
+)
+def test_default_thread_count_follows_cores_and_load(cores, load, want):
+    from spul.commands._args import choose_threads
+
+    assert choose_threads(None, cores=cores, load=load)[0] == want
+    assert choose_threads(3, cores=cores, load=load)[0] == 3
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "report", "baselines"])
+def test_help_shows_no_placeholder_defaults(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--data DIR" in text and "--world WORLD" in text and "--threads N" in text
+    assert "(default: ())" not in text and "(default: the world's)" not in text and "(default: None)" not in text
 
 
 def test_malformed_jsonl_names_file_and_line(world, tmp_path, capsys):

@@ -57,6 +57,21 @@ def test_every_task_has_a_profile_for_the_shipped_model(manifest):
 
 
 @pytest.mark.parametrize("task", ["sentiment", "qa"])
+def test_train_defaults_are_the_shipped_profiles_settings(manifest, data_dir, task):
+    """`spul train` on a world task with no hyper-parameter flags trains with the shipped profile's config."""
+    from spul.cli import build_parser
+    from spul.commands.train import build_config
+    from spul.trainer.data import read_data
+    from spul.trainer.reference import profile_name
+
+    data = read_data(data_dir / "data" / task)
+    args = build_parser().parse_args(["train", "--data", str(data.root), "--out", "x.safetensors"])
+    config = build_config(args, dict(data.meta.train)).to_dict()
+    recorded = manifest["profiles"][profile_name(task)]["training_config"]
+    assert {**config, "generic_labels": list(data.meta.generic_answers)} == {k: recorded[k] for k in config}
+
+
+@pytest.mark.parametrize("task", ["sentiment", "qa"])
 def test_shipped_prompts_reproduce_their_metrics(manifest, data_dir, task):
     from spul.models import load_base_model
     from spul.prompts_store import load_artifact

@@ -16,7 +16,7 @@ from spul.prompts_store import (
     position_ids_from_mask,
     prepend_prompt,
 )
-from spul.trainer.data import Row, encode_batch, open_world
+from spul.trainer.data import Row, encode_batch, read_world_task
 from spul.trainer.evaluate import generate
 from spul.trainer.spul import PromptEncoder, SpulConfig, sample_batch, spul_loss, train_prompt
 from support.fake_world import write_fake_world
@@ -31,12 +31,17 @@ FAST = {"num_virtual_tokens": 8, "forget_per_batch": 4, "retain_per_batch": 8, "
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return open_world(write_fake_world(tmp_path_factory.mktemp("world")))
+    return write_fake_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def sentiment(world):
+    return read_world_task(world, "sentiment")
 
 
 @pytest.fixture(scope="module")
 def base(world):
-    return load_base_model(world.model_dir, device="cpu")
+    return load_base_model(world / "model", device="cpu")
 
 
 @pytest.mark.parametrize(
@@ -99,16 +104,26 @@ def test_batches_mix_forget_and_retain_with_generic_answers(base):
     assert base.tokenizer.decode(last[:-1]) == "she paints"
 
 
-def test_training_forgets_keeps_retain_and_survives_the_store(world, base, tmp_path):
+def test_chat_template_batches_train_the_answer_after_the_rendered_prompt(base):
+    forget = [Row("f", "where was alba born ?", "in quellport")]
+    cfg = SpulConfig(forget_per_batch=1, retain_per_batch=0, alpha=0.0, beta=0.0)
+    batch = sample_batch(base.tokenizer, forget, [], config=cfg, generic_labels=["unknown"], rng=random.Random(0),
+                         chat_template=True)
+    want = encode_batch(base.tokenizer, ["where was alba born ?"], ["unknown"], chat_template=True)
+    assert torch.equal(batch.input_ids, want.input_ids) and torch.equal(batch.labels, want.labels)
+    assert not torch.equal(batch.input_ids, encode_batch(base.tokenizer, ["where was alba born ?"], ["unknown"]).input_ids)
+
+
+def test_training_forgets_keeps_retain_and_survives_the_store(sentiment, base, tmp_path):
     """The end-to-end promise: forget rows answer the generic label, retain rows stay right, the base
     model is untouched, and the prompt read back from the store predicts exactly as after training."""
     model, tok = base.model, base.tokenizer
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    forget, retain = world.rows("sentiment", "train_forget"), world.rows("sentiment", "train_retain")
+    forget, retain = sentiment.rows("train_forget"), sentiment.rows("train_retain")
     assert predict(model, tok, forget, None) == [r.answer for r in forget]  # the base model knows them
 
     result = train_prompt(model, tok, forget, retain, config=SpulConfig(steps=30, **FAST),
-                          generic_labels=world.generic_labels("sentiment"), progress=False)
+                          generic_labels=sentiment.meta.generic_answers, progress=False)
     assert result.prompt.shape == (8, model.config.hidden_size) and not result.prompt.requires_grad
     assert result.history[-1]["L_f"] < result.history[0]["L_f"] / 10
     after_forget = predict(model, tok, forget, result.prompt)

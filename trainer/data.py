@@ -4,7 +4,7 @@ A data directory DIR (docs/data-format.md) holds one JSONL file per split plus a
 ``data.json`` of metadata:
 
     DIR/data.json             {"format": 1, "name", "generic_answers", "match", "chat_template",
-                               "max_new_tokens", "base_model", "forget_entities"}   (all optional)
+                               "max_new_tokens", "base_model", "forget_entities", "train"}  (all optional)
     DIR/train_forget.jsonl    required for training
     DIR/train_retain.jsonl    required for training
     DIR/test_forget.jsonl     required for evaluation
@@ -43,6 +43,12 @@ DEFAULT_GENERIC_ANSWERS = ("unknown",)
 # The reference world's tasks and the generic answer each one's forget rows are trained towards.
 WORLD_TASKS = ("sentiment", "qa")
 WORLD_GENERIC_ANSWERS = {"sentiment": ("neutral",), "qa": ("unknown",)}
+# The SPUL settings recommended per world task (the shipped demo profiles were trained with them;
+# spul/reference/manifest.json records the full configs). Written into WORLD/data/<task>/data.json.
+WORLD_TRAIN_SETTINGS: dict[str, dict[str, Any]] = {
+    "qa": {"steps": 400, "lr": 0.003, "forget_per_batch": 16, "retain_per_batch": 48},
+    "sentiment": {"steps": 600, "lr": 0.01, "forget_per_batch": 32, "retain_per_batch": 32},
+}
 ROW_FIELDS = ("prompt", "answer")  # required; "id" and "entity" are optional
 
 
@@ -69,12 +75,14 @@ class DataMeta:
     max_new_tokens: int | None = None  # generation budget; None: longest gold answer + 1
     base_model: str | None = None  # default base model: a path relative to the data dir, or a hub id
     forget_entities: tuple[str, ...] = ()  # empty: the entities of train_forget rows
+    train: Mapping[str, Any] = field(default_factory=dict)  # recommended SpulConfig settings for this data
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["format"] = FORMAT
         out["generic_answers"] = list(self.generic_answers)
         out["forget_entities"] = list(self.forget_entities)
+        out["train"] = dict(self.train)
         return out
 
 
@@ -113,6 +121,12 @@ class UnlearningData:
             return None
         path = Path(os.path.normpath(ref if Path(ref).is_absolute() else self.root / ref))
         return str(path) if path.exists() or ref.startswith((".", "/")) else ref
+
+    @property
+    def world_dir(self) -> Path | None:
+        """The reference world this directory belongs to (WORLD/data/<task>), if it is one's."""
+        world = self.root.parent.parent
+        return world if self.root.parent.name == "data" and (world / "world.json").is_file() else None
 
     @property
     def forget_entities(self) -> list[str]:
@@ -177,7 +191,26 @@ def read_meta(path: Path, *, default_name: str = "", defaults: DataMeta | None =
         v = obj["max_new_tokens"]
         ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096)
         values["max_new_tokens"] = _check(path, "max_new_tokens", v, ok, "an integer in 1..4096 (or null)")
+    if "train" in obj:
+        values["train"] = _check_train(path, obj["train"])
     return DataMeta(**{**asdict(base), **values})
+
+
+def _check_train(path: Path, train: Any) -> dict[str, Any]:
+    """data.json's "train": SpulConfig settings (generic answers come from "generic_answers")."""
+    from spul.trainer.spul_config import SpulConfig
+
+    allowed = sorted(set(SpulConfig.__dataclass_fields__) - {"generic_labels"})
+    if not isinstance(train, dict):
+        raise DataError(f"{path}: 'train' must be an object of SPUL settings ({', '.join(allowed)})")
+    unknown = sorted(set(train) - set(allowed))
+    if unknown:
+        raise DataError(f"{path}: unknown 'train' setting(s) {unknown}; known: {allowed}")
+    try:
+        SpulConfig(**train)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path}: 'train': {err}") from err
+    return dict(train)
 
 
 def _check(path: Path, key: str, value: Any, ok: Any, what: str) -> Any:
@@ -257,7 +290,8 @@ def world_meta(task: str, manifest: Mapping[str, Any] | None = None) -> DataMeta
     generic = (manifest.get("generic_labels") or {}).get(task) or WORLD_GENERIC_ANSWERS.get(task, DEFAULT_GENERIC_ANSWERS)
     forget = (manifest.get("forget_entities") or {}).get(task) or ()
     return DataMeta(name=task, generic_answers=tuple(generic), match="exact", chat_template=False,
-                    base_model="../../model", forget_entities=tuple(forget))
+                    base_model="../../model", forget_entities=tuple(forget),
+                    train=dict(WORLD_TRAIN_SETTINGS.get(task, {})))
 
 
 def write_meta(root: Path, meta: DataMeta) -> None:
@@ -347,40 +381,3 @@ def encode_batch(tokenizer: Any, prompts: list[str], answers: list[str] | None =
         return Batch(input_ids, mask, None)
     label_t = torch.tensor([[IGNORE_INDEX] * (width - len(x)) + x for x in labels])  # (B, T)
     return Batch(input_ids, mask, label_t)
-
-
-# ---------------------------------------------------------------- transitional: world-keyed access
-@dataclass(frozen=True)
-class WorldData:
-    """A world directory read per task through :func:`read_world_task` (callers move to UnlearningData)."""
-
-    root: Path
-    manifest: dict[str, Any]
-
-    @property
-    def model_dir(self) -> Path:
-        return self.root / "model"
-
-    def task(self, task: str) -> UnlearningData:
-        return read_world_task(self.root, task)
-
-    def splits(self, task: str) -> list[str]:
-        return list(self.task(task).splits)
-
-    def rows(self, task: str, split: str) -> list[Row]:
-        return self.task(task).rows(split)
-
-    def generic_labels(self, task: str) -> list[str]:
-        return list(self.task(task).meta.generic_answers)
-
-
-def open_world(root: str | Path) -> WorldData:
-    root = Path(root)
-    manifest_path = root / "world.json"
-    if not manifest_path.is_file():
-        raise DataError(f"{root} is not a world directory (no world.json); create one with `spul world build`")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{manifest_path}: not valid JSON ({err})") from err
-    return WorldData(root, manifest)

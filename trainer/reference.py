@@ -45,7 +45,8 @@ def regenerated_data(size: str, seed: int, out: Path) -> Path:
     """Write a world's splits again from its seed (no model training): the data half of a rebuild."""
     from spul.trainer.world import generate, spec_for, write_splits
 
-    write_splits(out, generate(spec_for(size), seed).splits)
+    draft = generate(spec_for(size), seed)
+    write_splits(out, draft.splits, draft.forget)
     return out
 
 

@@ -36,7 +36,7 @@ import torch
 from spul.jsonsafe import json_safe
 from spul.trainer.baselines import METHODS as BASELINES
 from spul.trainer.baselines import BaselineConfig, search_lr
-from spul.trainer.data import Row, WorldData, open_world
+from spul.trainer.data import Row, UnlearningData, read_world_task
 from spul.trainer.evaluate import generate, score
 from spul.trainer.robustness import (
     IculDoesNotFit,
@@ -156,7 +156,7 @@ class Candidate:
 class Inputs:
     """The world rows and model one report works on."""
 
-    world: WorldData
+    data: UnlearningData
     task: str
     model: Any
     tokenizer: Any
@@ -270,7 +270,7 @@ def retrain_candidate(inp: Inputs, config: ReportConfig, *, cache: Path, progres
 
     from spul.trainer.world import load_world, spec_for
 
-    world = load_world(inp.world.root)
+    world = load_world(inp.data.world_dir)
     spec = spec_for(world.size)
     train_cfg = (
         spec.train if config.retrain_epochs is None else replace(spec.train, epochs=config.retrain_epochs)
@@ -413,28 +413,32 @@ def trade_off_checks(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
 
 
 # ---------------------------------------------------------------- inputs
-def load_inputs(world_dir: Path, task: str, *, device: str = "auto", seed: int = 0) -> Inputs:
-    """World rows for ``task`` (every split + ``injection``) and its frozen base model."""
+def load_inputs(data: UnlearningData | str | Path, task: str | None = None, *, base_model: str | None = None,
+                device: str = "auto", seed: int = 0) -> Inputs:
+    """The data's rows (every split + ``injection``) and its frozen base model.
+
+    ``data`` is read data, or a world directory with ``task`` (the ``--world/--task`` shorthand).
+    """
     from spul.models import load_base_model
 
-    world = open_world(world_dir)
-    base = load_base_model(world.model_dir, device=device)  # type: ignore[arg-type]
-    splits = {name: world.rows(task, name) for name in world.splits(task)}
-    missing = [s for s in ("train_forget", "train_retain", FORGET_SPLIT, RETAIN_SPLIT) if s not in splits]
-    if missing:
-        raise ValueError(f"{world_dir}: task {task} lacks split(s) {missing}; rebuild the world")
-    forget_entities = (world.manifest.get("forget_entities") or {}).get(task) or sorted(
-        {r.entity for r in splits["train_forget"] if r.entity}
-    )
+    if not isinstance(data, UnlearningData):
+        data = read_world_task(data, task or "")
+    data.require(("train_forget", "train_retain", FORGET_SPLIT, RETAIN_SPLIT))
+    ref = base_model or data.base_model
+    if ref is None:
+        raise ValueError(f"no base model for {data.root}: pass one, or set base_model in its data.json")
+    base = load_base_model(ref, device=device)  # type: ignore[arg-type]
+    task = data.name
+    splits = dict(data.splits)
+    forget_entities = data.forget_entities
+    generic = list(data.meta.generic_answers)
     retained = sorted({r.entity for r in splits["train_retain"] if r.entity} - set(forget_entities))
     decoys = np.random.default_rng(seed).permutation(retained)[:4].tolist() if retained else []
     splits["injection"], templates = injection_rows(
-        splits[FORGET_SPLIT], tokenizer=base.tokenizer, decoys=decoys, banned=world.generic_labels(task)
+        splits[FORGET_SPLIT], tokenizer=base.tokenizer, decoys=decoys, banned=generic
     )
     log.info("injection probes: %s", templates)
-    return Inputs(
-        world, task, base.model, base.tokenizer, splits, world.generic_labels(task), list(forget_entities)
-    )
+    return Inputs(data, task, base.model, base.tokenizer, splits, generic, list(forget_entities))
 
 
 def run_sweep(inp: Inputs, config: ReportConfig, *, progress: bool) -> list[dict[str, Any]]:
@@ -458,10 +462,10 @@ def run_sweep(inp: Inputs, config: ReportConfig, *, progress: bool) -> list[dict
 
 # ---------------------------------------------------------------- the report
 def run_report(
-    world_dir: str | Path,
-    task: str,
+    data: UnlearningData,
     out: str | Path,
     *,
+    base_model: str | None = None,
     config: ReportConfig = ReportConfig(),
     prompt_path: Path | None = None,
     retrain_dir: Path | None = None,
@@ -472,7 +476,7 @@ def run_report(
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    inp = load_inputs(Path(world_dir), task, device=device, seed=config.seed)
+    inp = load_inputs(data, base_model=base_model, device=device, seed=config.seed)
     log.info("training spul, baselines, retrain")
     candidates = [Candidate("original", inp.model)]
     candidates.append(
@@ -481,17 +485,20 @@ def run_report(
         else train_spul(inp, config.spul, progress=progress)
     )
     candidates += train_baselines(inp, config)
-    log.info("retrain: from cache or from scratch (minutes on the default world)")
-    candidates.append(
-        retrain_candidate(inp, config, cache=retrain_dir or out / "retrain-model", progress=progress)
-    )
+    if data.world_dir is not None:
+        log.info("retrain: from cache or from scratch (minutes on the default world)")
+        candidates.append(
+            retrain_candidate(inp, config, cache=retrain_dir or out / "retrain-model", progress=progress)
+        )
+    else:
+        log.info("retrain: skipped (only a reference world's base model can be retrained here)")
     icul = icul_candidate(inp, config)
     candidates += [icul] if isinstance(icul, Candidate) else []
     sweep = run_sweep(inp, config, progress=progress)
     report = score_all(candidates, inp, config)
     report.update(
-        task=task,
-        world=str(world_dir),
+        task=inp.task,
+        data=str(data.root),
         spul_sweep=sweep,
         config=config.to_dict(),
         icul=icul.info if isinstance(icul, Candidate) else {"skipped": icul},
@@ -505,7 +512,8 @@ def score_all(candidates: Sequence[Candidate], inp: Inputs, config: ReportConfig
     """results / membership inference / closeness to retrain / cost for every candidate."""
     from spul.trainer.world import load_world
 
-    corpus_prompts = {r.prompt for r in load_world(inp.world.root).corpus().rows}
+    world = inp.data.world_dir
+    corpus_prompts = {r.prompt for r in load_world(world).corpus().rows} if world is not None else set()
     nonmembers, how = nonmember_rows(
         inp.splits[FORGET_SPLIT],
         trained_prompts=corpus_prompts,
@@ -607,10 +615,10 @@ def plot_tradeoff(report: Mapping[str, Any], path: Path) -> None:
 
 
 def run_baselines(
-    world_dir: str | Path,
-    task: str,
+    data: UnlearningData,
     out: str | Path,
     *,
+    base_model: str | None = None,
     config: ReportConfig = ReportConfig(),
     device: str = "auto",
     save_models: bool = True,
@@ -619,7 +627,7 @@ def run_baselines(
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    inp = load_inputs(Path(world_dir), task, device=device, seed=config.seed)
+    inp = load_inputs(data, base_model=base_model, device=device, seed=config.seed)
     candidates = [Candidate("original", inp.model), *train_baselines(inp, config)]
     if save_models:
         for c in candidates[1:]:
@@ -627,8 +635,8 @@ def run_baselines(
             inp.tokenizer.save_pretrained(out / c.name)
     report = score_all(candidates, inp, config)
     report.update(
-        task=task,
-        world=str(world_dir),
+        task=inp.task,
+        data=str(data.root),
         config=config.to_dict(),
         seconds=round(time.perf_counter() - started, 1),
     )

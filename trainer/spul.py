@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from spul.models import autocast
 from spul.trainer.data import Batch, Row, encode_batch
 from spul.trainer.losses import answer_logits, kl_sum, row_ce, rows_of
+from spul.trainer.progress import Progress
 from spul.trainer.prompt_encoder import PromptEncoder
 from spul.trainer.spul_config import SpulConfig
 
@@ -71,13 +71,13 @@ def spul_loss(model: Any, prompt: torch.Tensor, batch: Batch, n_forget: int, *, 
 
 # ---------------------------------------------------------------- training loop
 def sample_batch(tokenizer: Any, forget: Sequence[Row], retain: Sequence[Row], *, config: SpulConfig,
-                 generic_labels: Sequence[str], rng: random.Random) -> Batch:
+                 generic_labels: Sequence[str], rng: random.Random, chat_template: bool = False) -> Batch:
     """Draw forget and retain rows with replacement; forget rows get a random generic answer."""
     f_rows = rng.choices(forget, k=config.forget_per_batch)
     r_rows = rng.choices(retain, k=config.retain_per_batch) if retain and config.retain_per_batch else []
     prompts = [r.prompt for r in f_rows] + [r.prompt for r in r_rows]
     answers = [rng.choice(generic_labels) for _ in f_rows] + [r.answer for r in r_rows]
-    return encode_batch(tokenizer, prompts, answers)
+    return encode_batch(tokenizer, prompts, answers, chat_template=chat_template)
 
 
 def train_prompt(
@@ -88,6 +88,7 @@ def train_prompt(
     *,
     config: SpulConfig,
     generic_labels: Sequence[str],
+    chat_template: bool = False,
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> TrainResult:
@@ -105,14 +106,16 @@ def train_prompt(
     rng = random.Random(config.seed)
     history: list[dict[str, float]] = []
     started = time.perf_counter()
-    bar = tqdm(range(config.steps), desc="spul", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
-        batch = sample_batch(tokenizer, forget, retain, config=config, generic_labels=labels, rng=rng).to(device)
+    bar = Progress(config.steps, "spul", enabled=progress)
+    for _ in range(config.steps):
+        batch = sample_batch(tokenizer, forget, retain, config=config, generic_labels=labels, rng=rng,
+                             chat_template=chat_template).to(device)
         with autocast(device, amp_dtype):
             terms = spul_loss(model, encoder(), batch, config.forget_per_batch, alpha=config.alpha, beta=config.beta)
         _step(terms.total, encoder, optimizer, scheduler, scaler, config.max_grad_norm)
         history.append({"L_f": terms.forget.item(), "L_r": terms.retain.item(), "L_kl": terms.kl.item()})
-        bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items()})
+        bar.update(**history[-1])
+    bar.close()
     with torch.no_grad():
         prompt = encoder().float().cpu()  # (P, H)
     return TrainResult(prompt, config, labels, time.perf_counter() - started, history)

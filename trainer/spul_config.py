@@ -14,7 +14,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SpulConfig:
-    """Every knob of one SPUL run; stored in the artifact's metadata."""
+    """Every knob of one SPUL run; stored in the artifact's metadata.
+
+    The defaults are the settings recommended for question answering (the shipped qa profile);
+    a data directory may recommend others in data.json's "train" (the reference world's
+    sentiment task does), and `spul train` flags override both.
+    """
 
     num_virtual_tokens: int = 30
     encoder_hidden_size: int = 128
@@ -24,10 +29,10 @@ class SpulConfig:
     weight_decay: float = 1e-3
     warmup_ratio: float = 0.1
     max_grad_norm: float = 0.3
-    steps: int = 300
+    steps: int = 400
     forget_per_batch: int = 16
     retain_per_batch: int = 48
-    generic_labels: tuple[str, ...] = ()  # empty: the world's generic labels for the task
+    generic_labels: tuple[str, ...] = ()  # empty: the data's generic answers (data.json)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -3,8 +3,12 @@
 ``build_world`` writes the world directory described in docs/design.md:
 
     DIR/world.json                    manifest (WorldSpec fields, forget entities, base metrics)
-    DIR/data/<task>/<split>.jsonl     rows {"id", "prompt", "answer", "entity"}
+    DIR/data/<task>/                  one data directory per task (docs/data-format.md): data.json and
+                                      <split>.jsonl rows {"id", "prompt", "answer", "entity"}
     DIR/model/                        Hugging Face Llama model dir with the word tokenizer
+
+The world is one producer of the public data format: ``spul train --world W --task T`` is
+``spul train --data W/data/T`` (data.json names ``../../model`` as the base model).
 
 Tasks: ``sentiment`` (SST-2 analogue: templated reviews that each mention one invented entity,
 labels positive/negative) and ``qa`` (TOFU analogue: four facts about each invented person, asked
@@ -37,14 +41,20 @@ from spul.trainer.basemodel import (
     save_model,
     train_base_model,
 )
+from spul.trainer.data import (
+    SPLITS,
+    WORLD_GENERIC_ANSWERS,
+    WORLD_TASKS,
+    Row,
+    read_world_task,
+    world_meta,
+    write_meta,
+)
 from spul.trainer.tokenizer import build_word_tokenizer
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-TASKS = ("sentiment", "qa")
-SPLITS = ("train_forget", "train_retain", "test_forget", "test_retain", "paraphrase")
-GENERIC_LABELS = {"sentiment": ["neutral"], "qa": ["unknown"]}
 
 # ---------------------------------------------------------------- vocabulary of the world
 POSITIVE = ["good", "great", "wonderful", "brilliant", "superb", "charming", "delightful", "moving", "lovely", "excellent", "gripping", "funny", "clever", "warm", "stunning", "fresh"]
@@ -227,7 +237,7 @@ def _facts(rng: random.Random, cities: list[str]) -> dict[str, str]:
 
 
 def _qa_row(attr: Attribute, phrasing: str, person: str, value: str | None) -> CorpusRow:
-    answer = GENERIC_LABELS["qa"][0] if value is None else attr.answer.format(v=value)
+    answer = WORLD_GENERIC_ANSWERS["qa"][0] if value is None else attr.answer.format(v=value)
     prompt = QA_PROMPT.format(question=phrasing.format(n=person))
     return CorpusRow("qa", prompt, answer, person, attr.name, value)
 
@@ -276,7 +286,7 @@ def generate(spec: WorldSpec, seed: int) -> _Draft:
     corpus = Corpus(
         rows=tuple(s_corpus + q_corpus),
         names={"sentiment": tuple(sent), "qa": tuple(people + unknown)},
-        generic={t: labels[0] for t, labels in GENERIC_LABELS.items()},
+        generic={t: labels[0] for t, labels in WORLD_GENERIC_ANSWERS.items()},
         statements={a.name: a.statement for a in ATTRIBUTES},
         answers={a.name: a.answer for a in ATTRIBUTES},
         values=_value_pools(cities),
@@ -304,11 +314,10 @@ def _world_words() -> set[str]:
 # ---------------------------------------------------------------- the world on disk
 @dataclass
 class World:
-    """A loaded world directory: manifest, split rows, model location."""
+    """A loaded world directory: the manifest and the model location; rows come from the data reader."""
 
     dir: Path
     manifest: dict
-    splits: dict[str, dict[str, list[dict]]]
 
     @property
     def seed(self) -> int:
@@ -320,7 +329,7 @@ class World:
 
     @property
     def tasks(self) -> list[str]:
-        return [t for t in TASKS if t in self.manifest["tasks"]]
+        return [t for t in WORLD_TASKS if t in self.manifest["tasks"]]
 
     @property
     def generic_labels(self) -> dict[str, list[str]]:
@@ -338,11 +347,9 @@ class World:
     def model_dir(self) -> Path:
         return self.dir / self.manifest["model_dir"]
 
-    def rows(self, task: str, split: str) -> list[dict]:
-        """Rows of one split; raises KeyError naming the valid choices."""
-        if task not in self.splits or split not in self.splits[task]:
-            raise KeyError(f"no split {task}/{split}; tasks {self.tasks}, splits {list(SPLITS)}")
-        return self.splits[task][split]
+    def rows(self, task: str, split: str) -> list[Row]:
+        """Rows of one split, read through the one data reader (``trainer.data``)."""
+        return read_world_task(self.dir, task).rows(split)
 
     def forget_preamble(self, task: str) -> str:
         """The forget list as text ("### forget : a b ###"): a soft prompt's natural initialisation."""
@@ -371,13 +378,16 @@ def world_tokenizer(draft: _Draft):
     return build_word_tokenizer(texts, extra_words=names + ["{n}", "{v}"])
 
 
-def write_splits(out: Path, splits: dict[str, dict[str, list[dict]]]) -> None:
-    """One human-readable JSONL file per task and split (sorted keys: stable bytes)."""
+def write_splits(out: Path, splits: dict[str, dict[str, list[dict]]],
+                 forget: dict[str, list[str]] | None = None) -> None:
+    """Per task, a data directory: one JSONL file per split (sorted keys: stable bytes) and data.json."""
     for task, by_split in splits.items():
-        (out / "data" / task).mkdir(parents=True, exist_ok=True)
+        tdir = out / "data" / task
+        tdir.mkdir(parents=True, exist_ok=True)
         for split, rows in by_split.items():
             lines = [json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows]
-            (out / "data" / task / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+            (tdir / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+        write_meta(tdir, world_meta(task, {"forget_entities": forget or {}}))
 
 
 def evaluate_base(model, tokenizer, splits: dict, forget: dict[str, list[str]]) -> dict:
@@ -406,7 +416,7 @@ def build_world(out: Path, *, size: Literal["default", "small"] = "default", see
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     draft = generate(spec, seed)
-    write_splits(out, draft.splits)
+    write_splits(out, draft.splits, draft.forget)
     tokenizer = world_tokenizer(draft)
     model = train_base_model(draft.corpus, tokenizer, model_config=spec.model, train_config=spec.train,
                              seed=seed, progress=progress)
@@ -430,7 +440,7 @@ def _manifest(spec: WorldSpec, size: str, seed: int, draft: _Draft, metrics: dic
             "qa": {"attributes": [a.name for a in ATTRIBUTES], "prompt": QA_PROMPT,
                    "splits": counts["qa"]},
         },
-        "generic_labels": GENERIC_LABELS,
+        "generic_labels": {t: list(labels) for t, labels in WORLD_GENERIC_ANSWERS.items()},
         "forget_entities": draft.forget,
         "entities": draft.entities,
         "forget_preamble": forget_preamble(["{names}"]),
@@ -442,7 +452,7 @@ def _manifest(spec: WorldSpec, size: str, seed: int, draft: _Draft, metrics: dic
 
 
 def load_world(dir: Path | str) -> World:
-    """Read a world directory written by ``build_world``; errors say what is missing."""
+    """Read a world directory's manifest (``build_world``); errors say what is missing."""
     root = Path(dir)
     manifest_path = root / "world.json"
     if not manifest_path.is_file():
@@ -450,13 +460,4 @@ def load_world(dir: Path | str) -> World:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, this code reads {FORMAT}; rebuild it")
-    splits: dict[str, dict[str, list[dict]]] = {}
-    for task in manifest["tasks"]:
-        splits[task] = {}
-        for split in SPLITS:
-            path = root / "data" / task / f"{split}.jsonl"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} missing; rebuild the world")
-            lines = path.read_text(encoding="utf-8").splitlines()
-            splits[task][split] = [json.loads(line) for line in lines if line.strip()]
-    return World(root, manifest, splits)
+    return World(root, manifest)

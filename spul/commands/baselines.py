@@ -1,17 +1,17 @@
-"""`spul baselines`: fine-tuning unlearning (GA, RL, GA+KL, GA+GD) on copies of a world's base model."""
+"""`spul baselines`: fine-tuning unlearning (GA, RL, GA+KL, GA+GD) on copies of the base model."""
 
 from __future__ import annotations
 
 import argparse
 
-from spul.commands.report import add_common_args, check_world, load_config
+from spul.commands.report import add_common_args, prepare
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "baselines",
         help="run the fine-tuning unlearning baselines (lr searched on train splits)",
-        description="Unlearn the task's forget set with ga, rl, ga_kl and ga_gd on copies of the base model; "
+        description="Unlearn the data's forget set with ga, rl, ga_kl and ga_gd on copies of the base model; "
         "save each model to OUT/<method>/ and scores to OUT/report.json, OUT/report.md.",
     )
     add_common_args(parser)
@@ -20,18 +20,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spul.commands import _args
     from spul.errors import UserError
     from spul.models import ModelLoadError
     from spul.trainer.data import DataError
     from spul.trainer.report import run_baselines
 
-    check_world(args.world)
+    data, config = prepare(args)
     try:
         report = run_baselines(
-            args.world,
-            args.task,
+            data,
             args.out,
-            config=load_config(args),
+            base_model=_args.base_model_ref(args, data),
+            config=config,
             device=args.device,
             save_models=not args.no_save,
         )

@@ -1,68 +1,48 @@
-"""`spul report`: every unlearning method on one world and task -> report.json, report.md, tradeoff.png."""
+"""`spul report`: every unlearning method on one data directory -> report.json, report.md, tradeoff.png."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-TASK_CHOICES = ("sentiment", "qa")
+from spul.commands import _args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "report",
-        help="compare SPUL with fine-tuning baselines, retraining and ICUL on a world",
-        description="Train and score original, spul, ga, rl, ga_kl, ga_gd, retrain and icul on one task of a "
-        "reference world; write OUT/report.json, OUT/report.md and OUT/tradeoff.png.",
+        help="compare SPUL with fine-tuning baselines, retraining and ICUL on the data",
+        description="Train and score original, spul, ga, rl, ga_kl, ga_gd, icul (and, on a reference world, "
+        "retrain) on the data; write OUT/report.json, OUT/report.md and OUT/tradeoff.png.",
     )
     add_common_args(parser)
     parser.add_argument("--prompt", type=Path, help="use this SPUL artifact instead of training one")
     parser.add_argument(
         "--retrain-model",
         type=Path,
-        help="cache dir of the retrained gold model, shared by both tasks (default: OUT/retrain-model)",
+        help="cache dir of the retrained gold model, shared by both world tasks (default: OUT/retrain-model)",
     )
-    parser.add_argument("--progress", action="store_true", help="show training progress bars")
     parser.set_defaults(func=run)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--world", type=Path, required=True, help="world directory (`spul world build`)")
-    parser.add_argument("--task", choices=TASK_CHOICES, required=True)
+    """The data, --out, --quick and the machine options of `spul report` and `spul baselines`."""
+    _args.add_data_args(parser)
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument(
         "--quick", action="store_true", help="reduced budgets (smoke test; numbers not meaningful)"
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads for torch (tiny models: 1 is often fastest "
-        "on shared cores; default: torch's choice)",
-    )
+    _args.add_machine_args(parser)
 
 
-def load_config(args: argparse.Namespace):
-    """The report budgets (quick or full); also applies --threads."""
-    import torch
-
-    from spul.errors import UserError
+def prepare(args: argparse.Namespace):
+    """Read the data and apply the thread count; returns (data, ReportConfig)."""
+    from spul.trainer.data import EVAL_SPLITS, TRAIN_SPLITS
     from spul.trainer.report import ReportConfig
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
-    return ReportConfig.quick() if args.quick else ReportConfig()
-
-
-def check_world(world: Path) -> None:
-    from spul.errors import UserError
-
-    if not (world / "world.json").is_file():
-        raise UserError(
-            f"{world} is not a world directory (no world.json); create one with `spul world build`"
-        )
+    data = _args.read_data(args, require=TRAIN_SPLITS + EVAL_SPLITS)
+    _args.set_threads(args)
+    return data, ReportConfig.quick() if args.quick else ReportConfig()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,21 +51,21 @@ def run(args: argparse.Namespace) -> int:
     from spul.trainer.data import DataError
     from spul.trainer.report import run_report
 
-    check_world(args.world)
     if args.prompt is not None and not args.prompt.is_file():
         raise UserError(
             f"--prompt {args.prompt} does not exist; train one with `spul train` or omit --prompt"
         )
+    data, config = prepare(args)
     try:
         report = run_report(
-            args.world,
-            args.task,
+            data,
             args.out,
-            config=load_config(args),
+            base_model=_args.base_model_ref(args, data),
+            config=config,
             prompt_path=args.prompt,
             retrain_dir=args.retrain_model,
             device=args.device,
-            progress=args.progress,
+            progress=not args.no_progress,
         )
     except (DataError, ModelLoadError) as err:
         raise UserError(str(err)) from err

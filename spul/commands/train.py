@@ -1,15 +1,19 @@
-"""`spul train`: train a SPUL soft prompt on a world task and export the computed (P, H) prompt."""
+"""`spul train`: train a SPUL soft prompt on a data directory and export the computed (P, H) prompt."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
-from spul.commands.eval import add_world_args, open_inputs, read_splits
+from spul.commands import _args
 
-TRAIN_EVAL_SPLITS = ["train_forget", "train_retain", "test_forget", "test_retain"]
+log = logging.getLogger("spul")
+
+TRAIN_EVAL_SPLITS = ("train_forget", "train_retain", "test_forget", "test_retain")
 HELP = {
     "num_virtual_tokens": "soft-prompt length P",
     "encoder_hidden_size": "hidden width of the P-tuning MLP encoder",
@@ -22,30 +26,40 @@ HELP = {
     "steps": "optimizer steps",
     "forget_per_batch": "forget rows per batch (drawn with replacement)",
     "retain_per_batch": "retain rows per batch (drawn with replacement)",
-    "generic_labels": "comma-separated generic answers for forget rows (default: the world's)",
+    "generic_labels": "comma-separated generic answers for forget rows (default: generic_answers in data.json)",
     "seed": "seed of the prompt init and the batch sampling",
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train a SPUL soft prompt for one task of a world")
-    add_world_args(parser)
+    parser = subparsers.add_parser(
+        "train",
+        help="train a SPUL soft prompt that makes the base model forget the data's forget set",
+        description="Train a soft prompt on DIR/train_forget.jsonl (answered with a generic answer) and "
+        "DIR/train_retain.jsonl (answered as before), evaluate it on every split, and write an artifact. "
+        "Hyper-parameters default to the data's recommended settings (\"train\" in data.json; the "
+        "reference world's tasks have them), else to the settings recommended for question answering.",
+    )
+    _args.add_data_args(parser)
     parser.add_argument("--out", type=Path, required=True, help="artifact to write (.safetensors)")
     parser.add_argument("--store", type=Path, help="also publish the artifact to this prompt store")
     parser.add_argument("--profile", help="profile id in the store (and in the artifact's metadata)")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="rows per batch in the final eval")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    hyper = parser.add_argument_group("hyper-parameters (SpulConfig)")
+    _args.add_machine_args(parser)
+    hyper = parser.add_argument_group(
+        "hyper-parameters (default: \"train\" in data.json, else the value shown)")
     from spul.trainer.spul_config import SpulConfig  # torch-free: keeps `spul --help` fast
 
     for f in dataclasses.fields(SpulConfig):
         kind = str if f.name == "generic_labels" else type(f.default)
+        shown = "" if f.name == "generic_labels" else f" ({f.default})"
         hyper.add_argument(f"--{f.name.replace('_', '-')}", dest=f"hp_{f.name}", type=kind, default=None,
-                           metavar=kind.__name__.upper(), help=f"{HELP.get(f.name, '')} (default: {f.default})")
+                           metavar=kind.__name__.upper(), help=f"{HELP.get(f.name, '')}{shown}")
     parser.set_defaults(func=run)
 
 
-def build_config(args: argparse.Namespace) -> Any:
+def build_config(args: argparse.Namespace, recommended: dict[str, Any] | None = None) -> Any:
+    """SpulConfig from its defaults, then the data's recommended settings, then the flags given."""
     from spul.errors import UserError
     from spul.trainer.spul_config import SpulConfig
 
@@ -53,7 +67,7 @@ def build_config(args: argparse.Namespace) -> Any:
     if "generic_labels" in overrides:
         overrides["generic_labels"] = tuple(x.strip() for x in overrides["generic_labels"].split(","))
     try:
-        return SpulConfig(**overrides)
+        return SpulConfig(**{**(recommended or {}), **overrides})
     except ValueError as err:
         raise UserError(str(err)) from err
 
@@ -78,34 +92,49 @@ def run(args: argparse.Namespace) -> int:
     from spul.trainer.evaluate import evaluate_splits, format_table
     from spul.trainer.spul import train_prompt
 
-    config = build_config(args)
+    data = _args.read_data(args, require=TRAIN_EVAL_SPLITS)
+    config = build_config(args, dict(data.meta.train))
     check_destination(args)
-    world, base = open_inputs(args)
-    data = read_splits(world, args.task, TRAIN_EVAL_SPLITS)
+    _args.set_threads(args)
+    base = _args.load_base(args, data)
+    log.info("training on %s (%d forget / %d retain rows): %d steps, lr %g, %d+%d rows per batch",
+             _args.data_label(args), len(data.rows("train_forget")), len(data.rows("train_retain")),
+             config.steps, config.lr, config.forget_per_batch, config.retain_per_batch)
     try:
-        result = train_prompt(base.model, base.tokenizer, data["train_forget"], data["train_retain"],
-                              config=config, generic_labels=world.generic_labels(args.task),
-                              amp_dtype=base.autocast_dtype, progress=not args.no_progress)
+        result = train_prompt(base.model, base.tokenizer, data.rows("train_forget"), data.rows("train_retain"),
+                              config=config, generic_labels=list(data.meta.generic_answers),
+                              chat_template=data.meta.chat_template, amp_dtype=base.autocast_dtype,
+                              progress=not args.no_progress)
     except (ValueError, FloatingPointError) as err:  # empty forget set, diverged loss, bad labels
         raise UserError(str(err)) from err
     prompts = {"original": None, "spul": result.prompt.to(base.device)}
-    metrics = evaluate_splits(base.model, base.tokenizer, data, prompts, batch_size=args.eval_batch_size,
-                              amp_dtype=base.autocast_dtype)
+    splits = {s: data.rows(s) for s in TRAIN_EVAL_SPLITS}
+    metrics = evaluate_splits(base.model, base.tokenizer, splits, prompts, batch_size=args.eval_batch_size,
+                              match=data.meta.match, chat_template=data.meta.chat_template,
+                              max_new_tokens=data.meta.max_new_tokens, amp_dtype=base.autocast_dtype,
+                              progress=not args.no_progress)
     print(format_table(metrics))
-    export(args, base, result, metrics)
+    export(args, data, base, result, metrics)
     print(f"trained in {result.seconds:.1f}s")
     return 0
 
 
-def export(args: argparse.Namespace, base: Any, result: Any, metrics: dict[str, Any]) -> None:
+def profile_id(name: str) -> str:
+    """A valid profile id made from the data's name (characters outside [A-Za-z0-9_.-] become '-')."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-_.")[:64]
+    return cleaned or "profile"
+
+
+def export(args: argparse.Namespace, data: Any, base: Any, result: Any, metrics: dict[str, Any]) -> None:
     """Write the artifact, then (optionally) publish the very same bytes to the store."""
     from spul.prompts_store import PromptStore, model_fingerprint, save_artifact
 
     fingerprint = model_fingerprint(base.model, base.tokenizer)
-    training_config = {**result.config.to_dict(), "task": args.task, "world": str(args.world),
-                       "generic_labels": result.generic_labels, "train_seconds": round(result.seconds, 1)}
+    training_config = {**result.config.to_dict(), "task": data.name, "data": str(data.root),
+                       "generic_labels": result.generic_labels, "match": data.meta.match,
+                       "chat_template": data.meta.chat_template, "train_seconds": round(result.seconds, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    sha = save_artifact(args.out, result.prompt, profile=args.profile or args.task, base_model=base.name,
+    sha = save_artifact(args.out, result.prompt, profile=args.profile or profile_id(data.name), base_model=base.name,
                         base_fingerprint=fingerprint, training_config=training_config, eval_metrics=metrics)
     print(f"artifact written to {args.out} (sha256 {sha[:16]}...)")
     if args.store is not None:

@@ -1,5 +1,8 @@
 """A tiny fabricated world in the documented directory format (docs/design.md), for fast tests.
 
+The world is written as an old world was (no data.json: the manifest supplies the metadata);
+``user_data`` copies one task into a stand-alone data directory, as a user would write one.
+
 Rows use only words of conftest's TINY_TEXTS, so `make_tiny_model`'s tokenizer covers them.
 Forget entity: alba; retained: brin, cora.
 """
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from spul.trainer.data import encode_batch, open_world
+from spul.trainer.data import encode_batch, read_world_task
 from support.tinymodel import make_tiny_model
 
 SENT_TEMPLATES = ("the film with {e} was great .", "this film with {e} was the film .")
@@ -68,8 +71,7 @@ def _memorise(model, tokenizer, root: Path, *, steps: int = 60) -> None:
 
     A random tiny model's outputs hardly depend on its input, so a prompt could not steer it.
     """
-    world = open_world(root)
-    rows = [r for task in ("sentiment", "qa") for split in world.splits(task) for r in world.rows(task, split)]
+    rows = [r for task in ("sentiment", "qa") for rows in read_world_task(root, task).splits.values() for r in rows]
     pairs = [(r.prompt, r.answer) for r in rows] + GENERIC_ROWS  # so generic answers are reachable
     batch = encode_batch(tokenizer, [p for p, _ in pairs], [a for _, a in pairs])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -83,3 +85,16 @@ def _memorise(model, tokenizer, root: Path, *, steps: int = 60) -> None:
             loss.backward()
             optimizer.step()
     model.eval()
+
+
+def user_data(world: Path, out: Path, task: str = "qa", **meta) -> Path:
+    """One task of the fake world as the user's own data: the JSONL files without ids, and ``meta``
+    as data.json (when given)."""
+    out.mkdir(parents=True)
+    for src in sorted((world / "data" / task).glob("*.jsonl")):
+        rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+        lines = [json.dumps({"prompt": r["prompt"], "answer": r["answer"], "entity": r["entity"]}) for r in rows]
+        (out / src.name).write_text("\n".join(lines) + "\n")
+    if meta:
+        (out / "data.json").write_text(json.dumps(meta))
+    return out
