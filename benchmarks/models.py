@@ -3,6 +3,7 @@
 - ``reference``: the shipped reference model (``spul/reference``), if this checkout has it;
 - ``speed-100m``: a randomly initialised Llama of realistic shape (~110M parameters), since
   speed does not need trained weights;
+- ``smollm2-135m-instruct`` or a local ``.gguf`` file: converted once per machine (spul.catalog);
 - any local Hugging Face model directory (the tests pass the tiny fixture model this way).
 
 Profiles are synthetic: random (P, H) prompts scaled like the model's token embeddings, with
@@ -58,11 +59,16 @@ def prepare_model(name: str, *, workdir: Path) -> BenchModel:
         )
     if name == "reference":
         return _describe(name, find_reference_model(), "shipped reference model (spul/reference)")
+    from spul.catalog import PACKAGED, resolve_model
+
+    if name in PACKAGED or name.lower().endswith(".gguf"):
+        return _describe(name, Path(resolve_model(name)), "pretrained, converted from GGUF (spul.catalog)")
     path = Path(name)
     if (path / "config.json").is_file():
         return _describe(str(path), path, "local model directory")
     raise BenchModelError(
-        f"unknown model {name!r}: use 'reference', 'speed-100m' or a local HF model directory"
+        f"unknown model {name!r}: use 'reference', 'speed-100m', {', '.join(PACKAGED)}, a .gguf file "
+        "or a local HF model directory"
     )
 
 

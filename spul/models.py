@@ -69,22 +69,29 @@ def pick_autocast_dtype(device: torch.device) -> torch.dtype | None:
 def load_base_model(
     name_or_path: str | Path, *, device: DeviceName | torch.device = "auto", dtype: torch.dtype = torch.float32
 ) -> BaseModel:
-    """Load model + tokenizer from a local HF directory or a hub id, frozen and in eval mode.
+    """Load model + tokenizer, frozen and in eval mode, from a model name (`spul.catalog`: `reference`,
+    `smollm2-135m-instruct`, a `.gguf` file), a local HF directory or a hub id.
 
     Training keeps float32 weights (autocast handles reduced precision on GPU); the server passes
     its serving dtype.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from spul.catalog import NAMES, CatalogError, resolve_model
+
     name = str(name_or_path)
-    _check_local_path(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        path = resolve_model(name)  # converts a GGUF file once per machine
+    except CatalogError as err:
+        raise ModelLoadError(str(err)) from err
+    _check_local_path(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
-            f"cannot load base model {name!r}: {err}. Pass a local Hugging Face model directory "
-            "(e.g. WORLD/model) or a hub id available offline"
+            f"cannot load base model {name!r}: {err}. Pass a named model ({', '.join(NAMES)}), a .gguf "
+            "file, a local Hugging Face model directory (e.g. WORLD/model) or a hub id available offline"
         ) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-only tokenizers often lack a pad token

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from spul import catalog
 from spul.errors import UserError
 
 
@@ -16,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default="speed-100m",
-        help="'reference' (the shipped model), 'speed-100m' (random ~110M Llama) or a model dir",
+        help=f"'speed-100m' (random ~110M Llama), a named model ({', '.join(catalog.NAMES)}), "
+        "a local .gguf file or a local model directory",
     )
     p.add_argument("--clients", default="1,8,32,64", help="comma-separated concurrent client counts")
     p.add_argument(

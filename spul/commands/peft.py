@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from spul import catalog
+
 log = logging.getLogger(__name__)
 
 
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     imp.add_argument("directory", type=Path, metavar="DIR", help="PEFT checkpoint directory")
-    imp.add_argument("--base", required=True, help="base model: local HF directory or hub id")
+    imp.add_argument("--base", required=True, help=f"base model: {catalog.HELP}")
     imp.add_argument(
         "--out", required=True, type=Path, metavar="FILE", help="artifact to write (.safetensors)"
     )
