@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from spul.cli import main
+from spul.trainer.data import read_world_task
 from spul.trainer.report import METHOD_ORDER, ReportConfig, load_inputs, retrain_candidate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -101,12 +102,43 @@ def test_tradeoff_plot_is_a_png_and_the_table_lists_every_method(report_dir):
 def test_retrained_model_is_cached_and_reused(world, report_dir, one_thread):
     cache = report_dir / "retrain-model"
     assert (cache / "retrain.json").is_file() and (cache / "model.safetensors").is_file()
-    inp = load_inputs(world, "sentiment")
+    inp = load_inputs(read_world_task(world, "sentiment"))
     again = retrain_candidate(inp, ReportConfig.quick(), cache=cache)
     assert "reused" in again.cost.note
     marker = json.loads((cache / "retrain.json").read_text())
     assert marker["key"]["excluded"] == sorted(e for es in marker_entities(world) for e in es)
     assert not math.isnan(again.cost.seconds)
+
+
+def test_finished_parts_are_on_disk_and_a_rerun_recomputes_only_what_is_missing(world, report_dir, report,
+                                                                                tmp_path, one_thread, caplog):
+    """A report stopped part-way leaves each finished method in OUT/parts; a rerun with the same
+    arguments reuses them and computes only what is missing, with the same numbers."""
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(report_dir / "parts", out / "parts")  # as if stopped after every method but ga
+    (out / "parts" / "ga.json").unlink()
+    shutil.copytree(report_dir / "retrain-model", out / "retrain-model")
+    argv = ["report", "--world", str(world), "--task", "sentiment", "--out", str(out), "--quick"]
+    with caplog.at_level("INFO"):
+        assert main(argv) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert "ga" not in again["resumed"] and {"original", "spul", "retrain", "icul"} <= set(again["resumed"])
+    assert again["results"] == report["results"] and again["mia_auc"] == report["mia_auc"]
+    assert any("[3/8] ga: fine-tuning" in r.getMessage() for r in caplog.records)  # the one step recomputed
+
+
+def test_parts_made_from_other_inputs_are_not_reused(tmp_path):
+    from spul.trainer.report_parts import ReportParts
+
+    parts = ReportParts(tmp_path, {"config": {"steps": 30}})
+    parts.put("spul", {"results": {"test_forget": {"accuracy": float("nan")}}})
+    assert ReportParts(tmp_path, {"config": {"steps": 30}}).get("spul") == {
+        "results": {"test_forget": {"accuracy": None}}
+    }
+    changed = ReportParts(tmp_path, {"config": {"steps": 31}})
+    assert changed.get("spul") is None and changed.resumed == []
 
 
 def marker_entities(world):

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
             config=config,
             device=args.device,
             save_models=not args.no_save,
+            progress=not args.no_progress,
         )
     except (DataError, ModelLoadError) as err:
         raise UserError(str(err)) from err

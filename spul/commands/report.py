@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from spul.errors import UserError
     from spul.models import ModelLoadError
     from spul.trainer.data import DataError
-    from spul.trainer.report import run_report
+    from spul.trainer.report import checks_summary, run_report
 
     if args.prompt is not None and not args.prompt.is_file():
         raise UserError(
@@ -70,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, ModelLoadError) as err:
         raise UserError(str(err)) from err
     print((args.out / "report.md").read_text(encoding="utf-8"))
-    print(f"checks: {report['checks']}")
+    print(checks_summary(report["checks"]))
     print(f"report written to {args.out} in {report['seconds']:.0f} s")
     return 0
