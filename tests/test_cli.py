@@ -117,6 +117,7 @@ def test_train_and_eval_on_the_users_own_data(world, tmp_path, capsys, caplog):
     config = json.loads(meta["training_config"])
     assert config["task"] == "mine" and config["data"] == str(data) and config["match"] == "contains"
     assert config["steps"] == 2 and config["forget_per_batch"] == 2  # data.json's "train", then the flags
+    assert config["threads"] >= 1 and config["load_average"] >= 0  # the machine behind train_seconds
     assert load_file(out)[TENSOR_NAME].shape[0] == 3 and meta["profile"] == "mine"
     caplog.set_level("INFO", logger="spul")
     assert main(["eval", "--data", str(data), "--prompt", str(out), "--report", str(tmp_path / "r.json"),

@@ -17,7 +17,6 @@ from spul.errors import UserError
 
 log = logging.getLogger("spul")
 
-WORLD_TASKS = ("sentiment", "qa")  # the reference world's tasks (trainer.data.WORLD_TASKS; torch-free copy)
 THREADS_HELP = (
     "CPU threads for torch (default: chosen from the machine and stated in the log: 1 with <= 2 cores "
     "or when the load average leaves fewer than 2 cores idle, else the idle cores, at most 8; measured "
@@ -35,7 +34,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--world", type=Path, metavar="WORLD",
                        help="a reference world (`spul world build`): shorthand for --data WORLD/data/TASK "
                        "--base WORLD/model")
-    group.add_argument("--task", choices=WORLD_TASKS, help="the world's task (with --world)")
+    group.add_argument("--task", metavar="TASK", help="the world's task, qa or sentiment (with --world)")
     group.add_argument("--base", metavar="MODEL",
                        help="base model: a Hugging Face model directory, hub id or named model; default: "
                        "base_model in DIR/data.json (WORLD/model with --world)")
@@ -56,7 +55,7 @@ def data_label(args: argparse.Namespace) -> str:
 
 def read_data(args: argparse.Namespace, require: tuple[str, ...] = ()) -> Any:
     """The data the arguments name, checked; problems become one-line UserErrors."""
-    from spul.trainer.data import DataError, read_data, read_world_task
+    from spul.trainer.data import WORLD_TASKS, DataError, read_data, read_world_task
 
     if (args.data is None) == (args.world is None):
         raise UserError("pass your data with --data DIR (or a reference world with --world WORLD --task TASK)")
@@ -102,11 +101,7 @@ def choose_threads(requested: int | None, *, cores: int | None = None,
             raise UserError("--threads must be >= 1")
         return requested, "--threads"
     cores = cores if cores is not None else _cores()
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:
-            load = 0.0
+    load = load if load is not None else load_average()
     idle = int(cores - load)
     if cores <= 2:
         return 1, f"{cores} cores"
@@ -123,6 +118,14 @@ def set_threads(args: argparse.Namespace) -> int:
     torch.set_num_threads(n)
     log.info("torch threads: %d (%s; --threads N to change)", n, why)
     return n
+
+
+def load_average() -> float:
+    """The 1-minute load average (0.0 where the platform has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def _cores() -> int:

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     data = _args.read_data(args, require=TRAIN_EVAL_SPLITS)
     config = build_config(args, dict(data.meta.train))
     check_destination(args)
-    _args.set_threads(args)
+    threads = _args.set_threads(args)
     base = _args.load_base(args, data)
     log.info("training on %s (%d forget / %d retain rows): %d steps, lr %g, %d+%d rows per batch",
              _args.data_label(args), len(data.rows("train_forget")), len(data.rows("train_retain")),
@@ -114,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
                               max_new_tokens=data.meta.max_new_tokens, amp_dtype=base.autocast_dtype,
                               progress=not args.no_progress)
     print(format_table(metrics))
-    export(args, data, base, result, metrics)
-    print(f"trained in {result.seconds:.1f}s")
+    machine = {"threads": threads, "load_average": _args.load_average()}
+    export(args, data, base, result, metrics, machine)
+    print(f"trained in {result.seconds:.1f}s on {base.device} with {threads} torch thread(s), "
+          f"load average {machine['load_average']:.1f} at the end")
     return 0
 
 
@@ -125,14 +127,15 @@ def profile_id(name: str) -> str:
     return cleaned or "profile"
 
 
-def export(args: argparse.Namespace, data: Any, base: Any, result: Any, metrics: dict[str, Any]) -> None:
+def export(args: argparse.Namespace, data: Any, base: Any, result: Any, metrics: dict[str, Any],
+           machine: dict[str, Any]) -> None:
     """Write the artifact, then (optionally) publish the very same bytes to the store."""
     from spul.prompts_store import PromptStore, model_fingerprint, save_artifact
 
     fingerprint = model_fingerprint(base.model, base.tokenizer)
     training_config = {**result.config.to_dict(), "task": data.name, "data": str(data.root),
                        "generic_labels": result.generic_labels, "match": data.meta.match,
-                       "chat_template": data.meta.chat_template, "train_seconds": round(result.seconds, 1)}
+                       "chat_template": data.meta.chat_template, "train_seconds": round(result.seconds, 1), **machine}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sha = save_artifact(args.out, result.prompt, profile=args.profile or profile_id(data.name), base_model=base.name,
                         base_fingerprint=fingerprint, training_config=training_config, eval_metrics=metrics)
