@@ -21,6 +21,7 @@ from spul.prompts_store.store import (
     PromptStore,
     StoreError,
     VersionInfo,
+    validate_new_profile_id,
     validate_profile_id,
 )
 
@@ -41,5 +42,6 @@ __all__ = [
     "position_ids_from_mask",
     "prepend_prompt",
     "save_artifact",
+    "validate_new_profile_id",
     "validate_profile_id",
 ]

@@ -196,11 +196,14 @@ def _read_bounded(source: str | Path | bytes, max_bytes: int) -> bytes:
         data = bytes(source)
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ArtifactError("not_found", f"no artifact file at {path}")
-        if path.stat().st_size > max_bytes:
-            raise ArtifactError("too_large", f"{path} is larger than the {max_bytes}-byte limit")
-        data = path.read_bytes()
+        try:
+            if not path.is_file():
+                raise FileNotFoundError(path)
+            if path.stat().st_size > max_bytes:
+                raise ArtifactError("too_large", f"{path} is larger than the {max_bytes}-byte limit")
+            data = path.read_bytes()
+        except FileNotFoundError as err:  # also: deleted by another process while we looked
+            raise ArtifactError("not_found", f"no artifact file at {path}") from err
     if len(data) > max_bytes:
         raise ArtifactError("too_large", f"artifact is {len(data)} bytes; the limit is {max_bytes}")
     return data

@@ -22,7 +22,7 @@ from spul.prompts_store import (
     PromptStore,
     StoreError,
     VersionInfo,
-    validate_profile_id,
+    validate_new_profile_id,
 )
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class ModelIdentity:
     hidden_size: int
     device: torch.device
     dtype: torch.dtype
+    name: str = ""  # the served model's name: OpenAI requests naming it mean "no profile"
 
 
 class PromptRegistry:
@@ -121,13 +122,16 @@ class PromptRegistry:
 
     def _load(self, profile: str) -> PromptHandle:
         try:
-            version = self.store.active_version(profile)
-        except ProfileNotFound as err:
+            return self._load_active(profile)
+        except ProfileNotFound as err:  # also: deleted by another process while we read it
             raise UnknownProfile(str(err)) from err
+
+    def _load_active(self, profile: str) -> PromptHandle:
+        version = self.store.active_version(profile)
         if version is None:
             raise UnknownProfile(f"profile {profile!r} has no active version")
         current = self._handles.get(profile)
-        # the store reuses a deleted version's number: compare content, not just the number
+        # compare content, not just the number (stores written by older builds reused numbers)
         if (
             current is not None
             and current.version == version
@@ -170,7 +174,7 @@ class PromptRegistry:
     # ---- admin writes --------------------------------------------------------------------
     def upload(self, profile: str, data: bytes, *, activate: bool = True) -> VersionInfo:
         """Validate exactly as the store does (against the loaded model) and publish a new version."""
-        validate_profile_id(profile)
+        validate_new_profile_id(profile, {self.identity.name} if self.identity.name else set())
         with self._lock:
             info = self.store.put(
                 profile,

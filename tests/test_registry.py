@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spul.prompts_store import ArtifactError, PromptStore, artifact_bytes
+from spul.prompts_store import ArtifactError, InvalidProfileId, PromptStore, artifact_bytes
 from spul.service.registry import ModelIdentity, ProfileUnavailable, PromptRegistry
 
 FP = "sha256:" + "cd" * 32
@@ -43,3 +43,18 @@ def test_a_stored_prompt_that_overflows_the_serving_dtype_is_never_served(tmp_pa
     assert wide.loaded() == ["wide"]
     with pytest.raises(ArtifactError):  # nor can it be switched to on a float16 server
         half.activate("wide", 1)
+
+
+@pytest.mark.parametrize("profile", ["default", "tiny-model", ""])
+def test_ids_the_openai_routes_read_as_no_profile_are_refused(tmp_path, profile):
+    """model="default", "" or the served model's name mean "no profile named": no profile may be one."""
+    store = PromptStore(tmp_path)
+    registry = PromptRegistry(store, ModelIdentity(FP, HIDDEN, torch.device("cpu"), torch.float32, name="tiny-model"))
+    with pytest.raises(InvalidProfileId) as err:
+        registry.upload(profile, prompt_bytes(1.0, profile=profile or "x"))
+    assert (profile == "" and "invalid" in str(err.value)) or "reserved" in str(err.value)
+    assert store.profiles() == []
+    registry.upload("tiny-model-2", prompt_bytes(1.0))  # a near name is fine
+    if profile == "default":  # reserved for every model, also when writing the store directly
+        with pytest.raises(InvalidProfileId):
+            store.put(profile, prompt_bytes(1.0))

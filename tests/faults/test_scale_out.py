@@ -100,13 +100,11 @@ def test_concurrent_uploads_to_two_replicas_get_distinct_versions_and_none_is_lo
     assert {r["version"]: r["sha256"] for r in acked}.items() <= stored.items()
 
 
-def test_poller_reloads_a_version_number_reused_after_delete(
-    store_dir, make_artifact, tiny_model, fingerprint
-):
-    """A replica that misses the intermediate states (poll interval) must still serve the new bytes.
+def test_version_numbers_are_never_reused_and_a_replica_follows(store_dir, make_artifact, tiny_model, fingerprint):
+    """A replica that misses the intermediate states (poll interval) serves the new bytes under a
+    new number: deleting the highest version (or the whole profile) never frees its number.
 
-    Sequence written by *another* process between two polls: activate v1, delete v2, upload ->
-    the store hands out the number 2 again for different bytes.
+    Sequence written by *another* process between two polls: activate v1, delete v2, upload.
     """
     model = tiny_model[0]
     identity = ModelIdentity(fingerprint, model.config.hidden_size, model.device, model.dtype)
@@ -120,7 +118,9 @@ def test_poller_reloads_a_version_number_reused_after_delete(
     writer.activate("alpha", 1)
     writer.delete("alpha", 2)
     new = writer.put("alpha", make_artifact("alpha", seed=22))
-    assert new.version == 2  # the number is reused for different bytes
+    assert new.version == 3  # 2 named other bytes once: never again
 
     assert replica.refresh_if_changed()
-    assert replica.resolve("alpha").sha256 == new.sha256, "replica still serves the deleted v2's prompt"
+    assert (replica.resolve("alpha").version, replica.resolve("alpha").sha256) == (3, new.sha256)
+    writer.delete("alpha")  # the whole profile, then a new one under the same id
+    assert writer.put("alpha", make_artifact("alpha", seed=23)).version == 4

@@ -50,6 +50,7 @@ def check_store(root: Path, *, fingerprint: str | None = None) -> StoreState:
         active[profile] = store.active_version(profile)
         if (pdir / "ACTIVE").exists():
             assert active[profile] in shas[profile], f"ACTIVE of {profile} names a missing version"
+    temp_files += sum(1 for _ in (root / "staging").glob(".tmp-*"))  # uploads killed before publishing
     return StoreState(shas, active, temp_files)
 
 
