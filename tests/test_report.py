@@ -141,6 +141,22 @@ def test_parts_made_from_other_inputs_are_not_reused(tmp_path):
     assert changed.get("spul") is None and changed.resumed == []
 
 
+def test_report_on_users_own_data_skips_retrain_and_says_how_nonmembers_were_chosen(tmp_path, one_thread):
+    """Data that is not a reference world: no corpus to retrain on, the base model's training data unknown."""
+    from support.fake_world import user_data, write_fake_world
+
+    world = write_fake_world(tmp_path / "world")
+    data = user_data(world, tmp_path / "data", task="qa", generic_answers=["unknown"])
+    out = tmp_path / "out"
+    argv = ["report", "--data", str(data), "--base", str(world / "model"), "--out", str(out), "--quick"]
+    assert main([*argv, "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["results"]) == [m for m in METHOD_ORDER if m != "retrain"]
+    assert report["closeness_to_retrain"] == {} and not (out / "retrain-model").exists()
+    assert "unknown" in report["mia_nonmembers"]["construction"]
+    assert {"key", *report["results"]} <= {p.stem for p in (out / "parts").glob("*.json")}  # each method on disk
+
+
 def marker_entities(world):
     manifest = json.loads((world / "world.json").read_text())
     return manifest["forget_entities"].values()
