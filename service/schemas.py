@@ -56,6 +56,10 @@ class ActivateRequest(BaseModel):
 
 
 # ---- OpenAI-compatible -------------------------------------------------------------------
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class _OpenAIBase(BaseModel):
     # the openai client sends fields we do not implement (penalties, user, ...): ignore them
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
@@ -68,7 +72,13 @@ class _OpenAIBase(BaseModel):
     stop: list[Text] | Text | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
+    stream_options: StreamOptions | None = Field(None, description="include_usage: a last chunk with the usage")
     top_logprobs: int | None = Field(None, ge=0, description="not supported: refused with 400 when > 0")
+
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
 
 class CompletionRequest(_OpenAIBase):

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from spul.service.routes.deps import RuntimeDep, collect, sse, start_generation
+from spul.service.routes.deps import RuntimeDep, start_generation
+from spul.service.routes.streams import collect, sse
 from spul.service.sampling import SamplingParams
 from spul.service.scheduler import GenerationRequest, RequestStream
 from spul.service.schemas import GenerateRequest, GenerateResponse, stop_tuple

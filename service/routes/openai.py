@@ -13,8 +13,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from spul.service.routes.deps import RuntimeDep, collect, sse, start_generation
+from spul.service.routes.deps import RuntimeDep, start_generation
 from spul.service.routes.errors import LIST_HINT, ApiError
+from spul.service.routes.streams import collect, sse
 from spul.service.runtime import Runtime
 from spul.service.sampling import SamplingParams
 from spul.service.scheduler import GenerationRequest, RequestStream, TokenEvent
@@ -51,7 +52,7 @@ async def completions(body: CompletionRequest, runtime: RuntimeDep, http_request
     request, stream = await _start(runtime, body, body.prompt, body.max_tokens, "max_tokens")
     reply = _Reply("cmpl", "text_completion", request)
     if body.stream:
-        return _stream(reply.completion_chunks(stream), stream)
+        return _stream(reply.completion_chunks(stream, usage=body.include_usage), stream)
     text, final = await collect(stream, http_request)
     return reply.completion(text, final)
 
@@ -68,7 +69,7 @@ async def chat_completions(body: ChatCompletionRequest, runtime: RuntimeDep, htt
     request, stream = await _start(runtime, body, messages, body.max_completion_tokens or body.max_tokens, param)
     reply = _Reply("chatcmpl", "chat.completion", request)
     if body.stream:
-        return _stream(reply.chat_chunks(stream), stream)
+        return _stream(reply.chat_chunks(stream, usage=body.include_usage), stream)
     text, final = await collect(stream, http_request)
     return reply.chat(text, final)
 
@@ -83,17 +84,21 @@ async def _start(
 ) -> tuple[GenerationRequest, RequestStream]:
     if body.top_logprobs:
         _unsupported("top_logprobs")
-    # the served base model's name (or "default") means: no profile named, apply the policy
-    named = None if body.model in (*DEFAULT_MODEL_NAMES, runtime.model_name) else body.model
     return await start_generation(
         runtime,
-        profile=named,
+        profile=_named_profile(runtime, body.model),
         prompt=prompt,
         max_new_tokens=max_tokens,
         max_tokens_param=param,
         sampling=SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed),
         stop=stop_tuple(body.stop),
     )
+
+
+def _named_profile(runtime: Runtime, model: str) -> str | None:
+    """The profile `model` names; None for "default", "" or the served model's name: no profile named,
+    the policy decides (the store refuses these as profile ids)."""
+    return None if model in (*DEFAULT_MODEL_NAMES, runtime.model_name) else model
 
 
 def _stream(events: AsyncIterator[dict[str, Any]], stream: RequestStream) -> StreamingResponse:
@@ -132,15 +137,22 @@ class _Reply:
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": final.finish_reason}
         return {**self._base(self.kind), "choices": [choice], "usage": self._usage(final)}
 
-    async def completion_chunks(self, stream: RequestStream) -> AsyncIterator[dict[str, Any]]:
+    async def completion_chunks(self, stream: RequestStream, *, usage: bool) -> AsyncIterator[dict[str, Any]]:
         async for event in stream:
             choice = {"index": 0, "text": event.text, "logprobs": None, "finish_reason": event.finish_reason}
-            yield {**self._base(self.kind), "choices": [choice]}
+            yield {**self._base(self.kind), "choices": [choice], **({"usage": None} if usage else {})}
+            if usage and event.finish_reason is not None:
+                yield {**self._base(self.kind), "choices": [], "usage": self._usage(event)}
 
-    async def chat_chunks(self, stream: RequestStream) -> AsyncIterator[dict[str, Any]]:
+    async def chat_chunks(self, stream: RequestStream, *, usage: bool) -> AsyncIterator[dict[str, Any]]:
+        """As OpenAI streams chat: the first delta carries the role; with `include_usage`, a last
+        chunk with no choices carries the token counts."""
         first = True
+        kind = "chat.completion.chunk"
         async for event in stream:
             delta = {"role": "assistant", "content": event.text} if first else {"content": event.text}
             first = False
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": event.finish_reason}
-            yield {**self._base("chat.completion.chunk"), "choices": [choice]}
+            yield {**self._base(kind), "choices": [choice], **({"usage": None} if usage else {})}
+            if usage and event.finish_reason is not None:
+                yield {**self._base(kind), "choices": [], "usage": self._usage(event)}

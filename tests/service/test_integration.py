@@ -91,6 +91,12 @@ def test_openai_client_against_the_server(live):
         model="alpha", messages=[{"role": "user", "content": QUERIES[1]}], max_tokens=3, temperature=0, stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream) == chat.choices[0].message.content
+    with_usage = list(client.chat.completions.create(
+        model="alpha", messages=[{"role": "user", "content": QUERIES[1]}], max_tokens=3, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    ))
+    assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens == 3
+    assert all(c.usage is None for c in with_usage[:-1])
 
 
 def test_the_openai_client_shows_every_error_message(live):
