@@ -119,11 +119,18 @@ def test_datasets_dir_without_the_library_says_how_to_install(tmp_path, monkeypa
 
 def test_datasets_dir_is_read_like_jsonl(tmp_path):
     datasets = pytest.importorskip("datasets")
-    dd = datasets.DatasetDict({s: datasets.Dataset.from_dict({"prompt": ["q1", "q2"], "answer": ["a1", "a2"]})
-                               for s in (*TRAIN_SPLITS, *EVAL_SPLITS)})
-    dd.save_to_disk(str(tmp_path / "hf"))
+    pa = pytest.importorskip("pyarrow")
+
+    def split(columns: dict) -> object:  # explicit fingerprints: no dill hashing of the table
+        return datasets.Dataset(pa.table(columns), fingerprint=str(len(columns)))
+
+    rows = {"prompt": ["q1", "q2"], "answer": ["a1", "a2"]}
+    datasets.DatasetDict({s: split(rows) for s in (*TRAIN_SPLITS, *EVAL_SPLITS)}).save_to_disk(str(tmp_path / "hf"))
     data = read_data(tmp_path / "hf", require=TRAIN_SPLITS + EVAL_SPLITS)
-    assert [r.answer for r in data.rows("test_retain")] == ["a1", "a2"]
+    assert [(r.id, r.answer) for r in data.rows("test_retain")] == [("test_retain/0", "a1"), ("test_retain/1", "a2")]
+    datasets.DatasetDict({"train_forget": split({"prompt": ["q"]})}).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(DataError, match=r"bad split train_forget row 0: missing field\(s\) \['answer'\]"):
+        read_data(tmp_path / "bad")
 
 
 def test_world_shorthand_reads_the_task_dir_and_its_data_json(tmp_path):
