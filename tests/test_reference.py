@@ -57,18 +57,28 @@ def test_every_task_has_a_profile_for_the_shipped_model(manifest):
 
 
 @pytest.mark.parametrize("task", ["sentiment", "qa"])
-def test_train_defaults_are_the_shipped_profiles_settings(manifest, data_dir, task):
-    """`spul train` on a world task with no hyper-parameter flags trains with the shipped profile's config."""
+def test_train_and_report_defaults_are_the_shipped_profiles_settings(manifest, data_dir, task):
+    """`spul train` and `spul report` on a world task, with no hyper-parameter flags, train SPUL with the
+    shipped profile's config."""
+    import torch
+
     from spul.cli import build_parser
+    from spul.commands.report import prepare
     from spul.commands.train import build_config
     from spul.trainer.data import read_data
     from spul.trainer.reference import profile_name
 
     data = read_data(data_dir / "data" / task)
+    recorded = manifest["profiles"][profile_name(task)]["training_config"]
     args = build_parser().parse_args(["train", "--data", str(data.root), "--out", "x.safetensors"])
     config = build_config(args, dict(data.meta.train)).to_dict()
-    recorded = manifest["profiles"][profile_name(task)]["training_config"]
     assert {**config, "generic_labels": list(data.meta.generic_answers)} == {k: recorded[k] for k in config}
+    threads = torch.get_num_threads()
+    try:
+        _, report_config = prepare(build_parser().parse_args(["report", "--data", str(data.root), "--out", "o"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert report_config.spul.to_dict() == {**config, "generic_labels": []}
 
 
 @pytest.mark.parametrize("task", ["sentiment", "qa"])

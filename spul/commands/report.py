@@ -36,13 +36,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def prepare(args: argparse.Namespace):
-    """Read the data and apply the thread count; returns (data, ReportConfig)."""
+    """Read the data and apply the thread count; returns (data, ReportConfig with the data's SPUL settings)."""
     from spul.trainer.data import EVAL_SPLITS, TRAIN_SPLITS
     from spul.trainer.report import ReportConfig
+    from spul.trainer.spul_config import SpulConfig
 
     data = _args.read_data(args, require=TRAIN_SPLITS + EVAL_SPLITS)
     _args.set_threads(args)
-    return data, ReportConfig.quick() if args.quick else ReportConfig()
+    if args.quick:
+        return data, ReportConfig.quick()
+    return data, ReportConfig(spul=SpulConfig(**dict(data.meta.train)))  # SPUL as `spul train` trains it
 
 
 def run(args: argparse.Namespace) -> int:
