@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from spul.service.bodylimit import BodyLimit
 from spul.service.metrics import Metrics
 from spul.service.routes import admin, errors, generate, health, openai
-from spul.service.runtime import Runtime, build_runtime
+from spul.service.runtime import Runtime, StartupError, build_runtime
 from spul.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,10 @@ async def _load(app: FastAPI) -> None:
     try:
         runtime = await asyncio.to_thread(build_runtime, settings, app.state.metrics)
     except Exception as err:
-        log.exception("start-up failed")
+        if isinstance(err, StartupError):  # says what to do: one line
+            log.error("start-up failed: %s", err)
+        else:
+            log.exception("start-up failed")
         app.state.load_error = str(err)
         if app.state.on_load_failure is not None:
             app.state.on_load_failure()

@@ -75,6 +75,6 @@ def run(args: argparse.Namespace) -> int:
              "enabled" if settings.admin else "disabled (set SPUL_ADMIN_TOKEN to enable it)")
     server.run()
     if app.state.load_error is not None:
-        log.error("start-up failed: %s", app.state.load_error)
+        log.error("stopped: the server could not start (%s)", app.state.load_error)
         return EXIT_STARTUP_FAILED
     return 0
