@@ -3,7 +3,8 @@
 Every client sends one streaming `POST /v1/generate` at a time and sends the next as soon as
 the previous one ends, until the shared request budget or the time budget runs out. Latency is
 measured per request from send to the last byte; time to first token (TTFT) from send to the
-first server-sent event that carries text.
+first server-sent event that carries text; inter-token latency (ITL) between consecutive
+events of one request that carry text (every arrival time is kept in `token_times`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class RequestRecord:
     tokens: int
     error: str | None = None
     finish_reason: str | None = None
+    token_times: tuple[float, ...] = ()  # perf_counter() at each event that carried text
+
+    def gaps(self) -> list[float]:
+        """Seconds between consecutive text-carrying events (the inter-token latencies)."""
+        return [b - a for a, b in itertools.pairwise(self.token_times)]
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class LoadResult:
         tokens = sum(r.tokens for r in ok)
         latencies = [r.latency_s * 1000 for r in ok]
         ttfts = [r.ttft_s * 1000 for r in ok if r.ttft_s is not None]
+        itls = [gap * 1000 for r in ok for gap in r.gaps()]
         return {
             "clients": self.clients,
             "requests": len(ok),
@@ -86,6 +93,8 @@ class LoadResult:
             "p99_ms": percentile(latencies, 99),
             "ttft_p50_ms": percentile(ttfts, 50),
             "ttft_p99_ms": percentile(ttfts, 99),
+            "itl_p50_ms": percentile(itls, 50),
+            "itl_p99_ms": percentile(itls, 99),
         }
 
 
@@ -162,7 +171,7 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
     """Send one streaming request; parse server-sent events `data: {json}` until `[DONE]` or EOF."""
     start = time.perf_counter()
     ttft: float | None = None
-    token_events = 0
+    times: list[float] = []
     reported: int | None = None
     finish: str | None = None
     error: str | None = None
@@ -177,18 +186,20 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
                 event = parse_event(line)
                 if event is None:
                     continue
-                if ttft is None and _carries_token(event):
-                    ttft = time.perf_counter() - start
-                token_events += _carries_token(event)
+                if _carries_token(event):
+                    times.append(time.perf_counter())
+                    ttft = times[0] - start
                 reported = completion_tokens(event) or reported
                 finish = event.get("finish_reason") or finish
                 error = event.get("error") or error
     except httpx.HTTPError as err:
-        return RequestRecord(time.perf_counter() - start, ttft, 0, f"{type(err).__name__}: {err}")
+        return RequestRecord(
+            time.perf_counter() - start, ttft, 0, f"{type(err).__name__}: {err}", token_times=tuple(times)
+        )
     if finish in FAILED_FINISH and error is None:
         error = f"finish_reason {finish}"  # a stream that ended without a normal finish
-    tokens = reported if reported is not None else token_events
-    return RequestRecord(time.perf_counter() - start, ttft, tokens, error, finish)
+    tokens = reported if reported is not None else len(times)
+    return RequestRecord(time.perf_counter() - start, ttft, tokens, error, finish, tuple(times))
 
 
 def parse_event(line: str) -> dict | None:

@@ -105,7 +105,7 @@ def build_speed_model(out: Path, *, hidden: int = 768, layers: int = 12, heads: 
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
-        max_position_embeddings=1024,
+        max_position_embeddings=4096,  # room for the long-prompt scenario (2,000 tokens)
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -34,6 +34,10 @@ class BenchOptions:
     server_threads: int | None = None  # torch threads of each server under test; None: its default
     workdir: Path | None = None  # default: a temporary directory, removed afterwards
     extra_request_fields: dict = field(default_factory=dict)
+    long_prompt_tokens: int = 2000  # the long-prompt-during-decodes scenario; 0 skips it
+    long_decodes: int = 16
+    long_before_s: float = 10.0  # steady-state decoding measured before the long prompt arrives
+    cb_max_batch_tokens: int = 256  # transformers_cb's token budget per forward (spul's max_step_tokens: 256)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.suites) - set(SUITES))
@@ -41,6 +45,8 @@ class BenchOptions:
             raise ValueError(f"unknown suites {unknown}; choose from {list(SUITES)}")
         if self.requests < 1 or self.max_new_tokens < 1 or self.profiles < 1:
             raise ValueError("requests, max_new_tokens and profiles must be >= 1")
+        if self.long_prompt_tokens < 0 or self.long_decodes < 1:
+            raise ValueError("long_prompt_tokens must be >= 0 and long_decodes >= 1")
 
 
 def run_bench(options: BenchOptions) -> dict:
@@ -63,7 +69,6 @@ def _run_in(options: BenchOptions, workdir: Path) -> dict:
     if "serving" in options.suites:
         store = workdir / "store"
         profiles = write_profiles(store, model.path, count=options.profiles)
-        (bare,) = write_profiles(store, model.path, count=1, lengths=(1,), prefix="bare")
         config = ServingConfig(
             model=model,
             store=store,
@@ -74,11 +79,16 @@ def _run_in(options: BenchOptions, workdir: Path) -> dict:
             max_seconds=options.max_seconds,
             max_new_tokens=options.max_new_tokens,
             systems=options.systems,
-            bare_profile=bare,
             server_env=thread_env(options.server_threads),
+            server_threads=options.server_threads,
             extra_request_fields=options.extra_request_fields,
+            long_prompt_tokens=options.long_prompt_tokens,
+            long_decodes=options.long_decodes,
+            long_before_s=options.long_before_s,
+            cb_max_batch_tokens=options.cb_max_batch_tokens,
         )
-        report["results"] = run_serving(config)
+        report["results"], report["long_prompt"] = run_serving(config)
+        report["machine"]["load_average_after_serving"] = machine_info().get("load_average")
     if "train_step" in options.suites:
         from spul.benchmarks.train_step import run_train_step
 
@@ -94,17 +104,18 @@ def _run_in(options: BenchOptions, workdir: Path) -> dict:
             max_seconds=options.max_seconds,
             server_env=thread_env(options.server_threads),
         )
-    report["targets"] = targets(report["results"], report.get("many_profiles"))
+    report["targets"] = targets(report["results"], report.get("many_profiles"), report.get("long_prompt"))
     return report
 
 
 def _settings(options: BenchOptions) -> dict:
-    from spul.benchmarks.serving import NO_CACHE_ENV, SERVER_ENV
+    from spul.benchmarks.serving import NO_CACHE_ENV, SERVER_ENV, spul_settings
 
     out = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(options).items()}
     out["workdir"] = str(options.workdir) if options.workdir else None
     out["server_env"] = SERVER_ENV
     out["no_cache_env"] = NO_CACHE_ENV
+    out["spul_settings"] = spul_settings()
     return out
 
 

@@ -61,23 +61,27 @@ def spul_server(
     return ServerSpec(name, argv, env or {})
 
 
+def bare_server(model: Path, store: Path, *, env: dict[str, str] | None = None) -> ServerSpec:
+    """`spul serve`'s app plus the benchmark-only zero-length profile (bare_server.py)."""
+    settings = {"SPUL_MODEL": str(model), "SPUL_STORE": str(store)}
+    return ServerSpec("no_profile", _uvicorn("spul.benchmarks.bare_server:create_app"), {**(env or {}), **settings})
+
+
 def naive_server(model: Path, store: Path, *, env: dict[str, str] | None = None) -> ServerSpec:
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "spul.benchmarks.naive_server:create_app",
-        "--factory",
-        "--host",
-        HOST,
-        "--port",
-        "{port}",
-        "--log-level",
-        "warning",
-    ]
+    settings = {"SPUL_NAIVE_MODEL": str(model), "SPUL_NAIVE_STORE": str(store)}
+    return ServerSpec("naive", _uvicorn("spul.benchmarks.naive_server:create_app"), {**(env or {}), **settings})
+
+
+def cb_server(model: Path, *, env: dict[str, str] | None = None) -> ServerSpec:
+    """transformers' continuous batching on the bare model (cb_server.py); `SPUL_CB_*` settings in `env`."""
     return ServerSpec(
-        "naive", argv, {**(env or {}), "SPUL_NAIVE_MODEL": str(model), "SPUL_NAIVE_STORE": str(store)}
+        "transformers_cb", _uvicorn("spul.benchmarks.cb_server:create_app"), {**(env or {}), "SPUL_CB_MODEL": str(model)}
     )
+
+
+def _uvicorn(factory: str) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", factory, "--factory", "--host", HOST, "--port", "{port}",
+            "--log-level", "warning"]
 
 
 def thread_env(threads: int | None) -> dict[str, str]:
@@ -95,19 +99,34 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(spec: ServerSpec, *, log_path: Path, ready_timeout_s: float = 180.0) -> Iterator[RunningServer]:
+def running(spec: ServerSpec, *, log_path: Path, ready_timeout_s: float = 900.0) -> Iterator[RunningServer]:
     """Yield a ready server (URL and pid); always stop it (SIGINT, then SIGKILL) on exit."""
-    port = free_port()
-    argv = [a.replace("{port}", str(port)) for a in spec.argv]
-    env = {**os.environ, **spec.env, "PYTHONPATH": _pythonpath()}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://{HOST}:{port}"
-            _wait_ready(proc, url, log_path, ready_timeout_s)
-            yield RunningServer(url, proc.pid)
-        finally:
+    with running_all([(spec, log_path)], ready_timeout_s=ready_timeout_s) as (server,):
+        yield server
+
+
+@contextlib.contextmanager
+def running_all(
+    specs: list[tuple[ServerSpec, Path]], *, ready_timeout_s: float = 900.0
+) -> Iterator[list[RunningServer]]:
+    """Start every server at once (their model loads overlap), yield them once all are ready, in
+    order; always stop every one of them on exit."""
+    procs: list[tuple[subprocess.Popen, str, Path]] = []
+    try:
+        for spec, log_path in specs:
+            port = free_port()
+            argv = [a.replace("{port}", str(port)) for a in spec.argv]
+            env = {**os.environ, **spec.env, "PYTHONPATH": _pythonpath()}
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "wb") as log_file:  # the child keeps its own copy of the descriptor
+                proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            procs.append((proc, f"http://{HOST}:{port}", log_path))
+        deadline = time.monotonic() + ready_timeout_s
+        for proc, url, log_path in procs:
+            _wait_ready(proc, url, log_path, max(1.0, deadline - time.monotonic()))
+        yield [RunningServer(url, proc.pid) for proc, url, _ in procs]
+    finally:
+        for proc, _, _ in procs:
             stop(proc)
 
 

@@ -32,7 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--many-profiles", type=int, default=10_000, help="profiles for the resident-profiles suite"
     )
-    p.add_argument("--systems", default="spul,no_profile,spul_no_cache,naive")
+    p.add_argument("--systems", default="spul,no_profile,spul_no_cache,naive,transformers_cb")
+    p.add_argument(
+        "--long-prompt-tokens",
+        type=int,
+        default=2000,
+        help="serving suite: a prompt this long arrives during --long-decodes running decodes (0: skip)",
+    )
+    p.add_argument("--long-decodes", type=int, default=16)
+    p.add_argument(
+        "--long-before-seconds", type=float, default=10.0, help="decoding measured before the long prompt"
+    )
     p.add_argument("--suites", default="serving,train_step,profiles")
     p.add_argument(
         "--server-threads",
@@ -82,6 +92,9 @@ def _options(args: argparse.Namespace):
             suites=_names(args.suites),
             server_threads=args.server_threads,
             workdir=args.workdir,
+            long_prompt_tokens=args.long_prompt_tokens,
+            long_decodes=args.long_decodes,
+            long_before_s=args.long_before_seconds,
         )
     except ValueError as err:
         raise UserError(str(err)) from err
