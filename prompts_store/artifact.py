@@ -75,11 +75,32 @@ class ArtifactMeta:
                 tensor_sha256=header["tensor_sha256"],
                 created_at=header.get("created_at", ""),
                 format_version=int(header["format_version"]),
-                training_config=json.loads(header.get("training_config", "{}")),
-                eval_metrics=json.loads(header.get("eval_metrics", "{}")),
+                training_config=_json_object(header, "training_config"),
+                eval_metrics=_json_object(header, "eval_metrics"),
             )
         except (ValueError, TypeError) as err:
             raise ArtifactError("bad_metadata", f"artifact metadata is malformed: {err}") from err
+
+
+MAX_METADATA_DEPTH = 32
+
+
+def _json_object(header: dict[str, str], key: str) -> dict[str, Any]:
+    """A metadata field holding a JSON object, at most MAX_METADATA_DEPTH levels deep."""
+    try:
+        value = json.loads(header.get(key, "{}"))
+    except RecursionError as err:  # [[[[... deeper than the interpreter's recursion limit
+        raise ValueError(f"{key} nests deeper than {MAX_METADATA_DEPTH} levels") from err
+    if not isinstance(value, dict):
+        raise TypeError(f"{key} must be a JSON object, not {type(value).__name__}")
+    level, depth = [value], 1
+    while level:  # breadth-first, no recursion
+        level = [v for item in level for v in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(v, (dict, list))]
+        depth += bool(level)
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"{key} nests deeper than {MAX_METADATA_DEPTH} levels")
+    return value
 
 
 _REQUIRED_KEYS = (

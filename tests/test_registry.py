@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+
 import pytest
 import torch
 
@@ -58,3 +61,30 @@ def test_ids_the_openai_routes_read_as_no_profile_are_refused(tmp_path, profile)
     if profile == "default":  # reserved for every model, also when writing the store directly
         with pytest.raises(InvalidProfileId):
             store.put(profile, prompt_bytes(1.0))
+
+
+
+def nested_artifact(profile: str) -> bytes:
+    """A valid artifact except for `training_config`: JSON nested 20,000 levels deep."""
+    from safetensors.torch import load, save
+
+    data = prompt_bytes(1.0, profile=profile)
+    header = json.loads(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"]
+    header["training_config"] = "[" * 20_000 + "]" * 20_000
+    return save(load(data), metadata=header)
+
+
+def test_a_stored_artifact_with_unparseable_metadata_is_skipped_at_start(tmp_path):
+    """Written to the store by hand or by an older build: logged and listed as broken, the rest served."""
+    store = PromptStore(tmp_path)
+    store.put("good", prompt_bytes(1.0, profile="good"))
+    pdir = tmp_path / "profiles" / "nested"
+    pdir.mkdir()
+    (pdir / "v000001.safetensors").write_bytes(nested_artifact("nested"))
+    (pdir / "ACTIVE").write_text("1\n")
+    registry = registry_for(store, torch.float32)
+    registry.refresh()  # what start-up does: must not raise
+    assert registry.loaded() == ["good"] and "nests deeper" in registry.broken()["nested"]
+    with pytest.raises(ArtifactError) as err:  # and an upload of it is a 4xx-class refusal
+        registry.upload("nested2", nested_artifact("nested2"))
+    assert err.value.reason == "bad_metadata"

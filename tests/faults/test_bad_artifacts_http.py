@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from spul.prompts_store import PromptStore
-from support.corpus import BAD_IDS, BadBody, bad_bodies
+from spul.prompts_store.artifact import TENSOR_NAME
+from support.corpus import BAD_IDS, HIDDEN, BadBody, bad_bodies, craft
 from support.procs import ADMIN_TOKEN, HOST, ServerProcess
 from support.storecheck import check_store
 
@@ -114,6 +116,25 @@ def test_bad_profile_ids_are_refused_and_touch_nothing(server, make_artifact, me
     assert not failures, failures
     files_after = sorted(p.relative_to(root) for p in root.rglob("*") if ".tmp-" not in p.name)
     assert files_after == files_before
+
+
+def failures_counted(srv: ServerProcess, reason: str) -> float:
+    conn = http.client.HTTPConnection(HOST, srv.port, timeout=60)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    line = f'spul_upload_failures_total{{reason="{reason}"}} '
+    return sum(float(ln.removeprefix(line)) for ln in text.splitlines() if ln.startswith(line))
+
+
+def test_deeply_nested_metadata_is_a_counted_4xx(server, fingerprint):
+    before, stored = failures_counted(server, "bad_metadata"), store_snapshot(server)
+    nested = craft({TENSOR_NAME: torch.randn(4, HIDDEN)}, fingerprint=fingerprint,
+                   training_config="[" * 20_000 + "]" * 20_000)  # fits the 64 KiB upload limit
+    status, body = request(server, "PUT", "/admin/profiles/alpha", nested)
+    assert (status, body["error"]["code"]) == (422, "bad_metadata") and "nests deeper" in body["error"]["message"]
+    assert failures_counted(server, "bad_metadata") == before + 1
+    assert store_snapshot(server) == stored
 
 
 def test_server_still_serves_after_the_corpus(server):
