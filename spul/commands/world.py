@@ -9,12 +9,15 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("world", help="build the reference world (data + base model)")
     sub = parser.add_subparsers(dest="world_command", metavar="ACTION", required=True)
-    build = sub.add_parser("build", help="generate the two tasks' splits and train the base model")
+    build = sub.add_parser("build", help="generate the two tasks' splits and train the base model",
+                           description="Write OUT/world.json, OUT/data/<task>/ (one data directory per task, "
+                           "readable with --data: docs/data-format.md) and OUT/model/.")
     build.add_argument("--out", type=Path, required=True, help="directory to create")
     build.add_argument("--size", choices=("default", "small"), default="default",
                        help="'small' builds in seconds, for tests (default: %(default)s)")
     build.add_argument("--seed", type=int, default=0, help="the world is a pure function of the seed")
-    build.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    build.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (on a terminal) / progress log lines (otherwise)")
     build.set_defaults(func=run_build)
 
 
