@@ -62,7 +62,7 @@ def answer_logits(model: Any, batch: Batch, prompt: torch.Tensor | None = None) 
 def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     """(..., H) final hidden states -> (..., V) logits: the model's output layer (and soft cap, if any)."""
     logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)  # Gemma 2: 30
     return logits if not cap else torch.tanh(logits / cap) * cap
 
 
