@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -15,15 +16,20 @@ from spul.service.bodylimit import BodyLimit
 from spul.service.metrics import Metrics
 from spul.service.routes import admin, errors, generate, health, openai
 from spul.service.runtime import Runtime, StartupError, build_runtime
+from spul.service.schemas import ErrorResponse
 from spul.service.settings import Settings
 
 log = logging.getLogger(__name__)
 ADMIN_PREFIX = "/admin/"
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorResponse, "description": "Validation error"},
+    "default": {"model": ErrorResponse, "description": "Any other error"},
+}
 
 
 def create_app(settings: Settings, *, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
     """`on_load_failure` is called if the model or profiles cannot load (the CLI stops the server)."""
-    app = FastAPI(title="spul-serve", version="0.1.0", lifespan=_lifespan)
+    app = FastAPI(title="spul-serve", version="0.1.0", lifespan=_lifespan, responses=ERROR_RESPONSES)
     app.state.settings = settings
     app.state.metrics = Metrics(max_profile_labels=settings.max_profile_labels)
     app.state.runtime = None

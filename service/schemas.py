@@ -49,6 +49,19 @@ class GenerateResponse(BaseModel):
     finish_reason: str
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (OpenAI's envelope)."""
+
+    error: ErrorDetail
+
+
 class ActivateRequest(BaseModel):
     model_config = _STRICT
 

@@ -200,6 +200,8 @@ def test_openai_routes_refuse_bad_input_in_the_envelope(client):
     missing = client.get("/v1/models/gamma")
     assert missing.status_code == 404 and error_of(missing)["code"] == "profile_not_found"
     assert error_of(client.get("/no/such/route"))["type"] == "not_found_error"
+    documented = client.get("/openapi.json").json()["paths"]["/v1/completions"]["post"]["responses"]
+    assert documented["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
 
 
 def test_request_bodies_over_the_limit_are_refused_with_413(make_client):
