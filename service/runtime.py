@@ -87,6 +87,7 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         hidden_size=base.hidden_size,  # the input embedding's width (multimodal configs nest hidden_size)
         device=engine.device if engine is not None else device,
         dtype=engine.dtype if engine is not None else base.model.get_input_embeddings().weight.dtype,
+        name=served_name(model_name),
     )
     def on_change(active: set[str]) -> None:
         if engine is not None:
@@ -114,7 +115,12 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
             max_queue=settings.max_queue,
             eos_token_ids=_eos_ids(model, tokenizer),
         )
-    return Runtime(settings, Path(model_name).name or model_name, tokenizer, registry, engine, scheduler, metrics)
+    return Runtime(settings, served_name(model_name), tokenizer, registry, engine, scheduler, metrics)
+
+
+def served_name(model_name: str) -> str:
+    """The name the API reports for the model (its folder name); OpenAI requests naming it mean no profile."""
+    return Path(model_name).name or model_name
 
 
 def _check_default_profile(settings: Settings, registry: PromptRegistry) -> None:
@@ -128,10 +134,8 @@ def _check_default_profile(settings: Settings, registry: PromptRegistry) -> None
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    """Token ids that end a generation; empty when neither tokenizer nor config names one (then
+    every request runs to its max_new_tokens)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif isinstance(configured, list):
-        ids.update(configured)
-    return ids
+    candidates = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    return {int(i) for i in candidates if isinstance(i, int)}

@@ -13,7 +13,8 @@ DEFAULT_STORE = Path.home() / ".cache" / "spul" / "store"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SPUL_", extra="forbid")
+    # hide_input_in_errors: a rejected SPUL_ADMIN_TOKEN (too short) must never be echoed in an error or a log
+    model_config = SettingsConfigDict(env_prefix="SPUL_", extra="forbid", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -40,6 +40,7 @@ TRAIN_SPLITS = ("train_forget", "train_retain")
 EVAL_SPLITS = ("test_forget", "test_retain")
 MATCH_RULES = ("exact", "contains")
 DEFAULT_GENERIC_ANSWERS = ("unknown",)
+CONTAINS_MAX_NEW_TOKENS = 32  # default generation budget under the contains rule (free-form answers)
 # The reference world's tasks and the generic answer each one's forget rows are trained towards.
 WORLD_TASKS = ("sentiment", "qa")
 WORLD_GENERIC_ANSWERS = {"sentiment": ("neutral",), "qa": ("unknown",)}
@@ -72,10 +73,14 @@ class DataMeta:
     generic_answers: tuple[str, ...] = DEFAULT_GENERIC_ANSWERS  # what forget rows are trained towards
     match: str = "exact"  # "exact" | "contains": how a generation is scored against the gold answer
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template (instruct models)
-    max_new_tokens: int | None = None  # generation budget; None: longest gold answer + 1
+    max_new_tokens: int | None = None  # generation budget; None: longest gold answer + 1 (exact), 32 (contains)
     base_model: str | None = None  # default base model: a path relative to the data dir, or a hub id
     forget_entities: tuple[str, ...] = ()  # empty: the entities of train_forget rows
     train: Mapping[str, Any] = field(default_factory=dict)  # recommended SpulConfig settings for this data
+
+    def __post_init__(self) -> None:
+        if self.match == "contains" and self.max_new_tokens is None:  # free-form answers need room
+            object.__setattr__(self, "max_new_tokens", CONTAINS_MAX_NEW_TOKENS)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -370,11 +375,13 @@ def encode_batch(tokenizer: Any, prompts: list[str], answers: list[str] | None =
         ids = prompt_ids(tokenizer, prompt, chat_template=chat_template)
         target: list[int] = []
         if answers is not None:
-            target = answer_ids(tokenizer, answers[i], chat_template=chat_template) + [tokenizer.eos_token_id]
+            eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]  # some tokenizers have none
+            target = answer_ids(tokenizer, answers[i], chat_template=chat_template) + eos
         seqs.append(ids + target)
         labels.append([IGNORE_INDEX] * len(ids) + target)
     width = max(len(s) for s in seqs)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = 0 if pad_id is None else pad_id  # pads are masked out: any id will do
     input_ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs])  # (B, T)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])  # (B, T)
     if answers is None:

@@ -71,14 +71,15 @@ def generate(
     if max_new_tokens is None:
         max_new_tokens = max(len(answer_ids(tokenizer, r.answer, chat_template=chat_template)) for r in rows) + 1
     device = next(model.parameters()).device
+    eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else -1  # -1: no EOS, run the budget
     out: list[Generation] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         batch = encode_batch(tokenizer, [r.prompt for r in chunk], chat_template=chat_template).to(device)
         with autocast(device, amp_dtype):
             ids = greedy_ids(model, batch.input_ids, batch.attention_mask, prompt, max_new_tokens=max_new_tokens,
-                             eos_id=tokenizer.eos_token_id)
-        out.extend(_decode(tokenizer, seq, tokenizer.eos_token_id) for seq in ids.tolist())
+                             eos_id=eos_id)
+        out.extend(_decode(tokenizer, seq, eos_id) for seq in ids.tolist())
         if progress is not None:
             progress.update(len(chunk))
     return out
