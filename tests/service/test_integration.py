@@ -379,3 +379,17 @@ def test_idle_and_trickling_connections_are_closed(live):
     assert response.status == 408 and json.loads(response.read())["error"]["code"] == "request_timeout"
     conn.close()
     assert httpx.get(server.url + "/healthz").status_code == 200  # a prompt client is served
+
+
+def test_requests_beyond_the_connection_limit_get_503(live):
+    server = live(max_connections=3)
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        assert httpx.get(server.url + "/healthz").status_code == 503
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while httpx.get(server.url + "/healthz").status_code != 200:
+        assert time.monotonic() < deadline, "the limit did not free up when the connections closed"
+        time.sleep(0.05)
