@@ -1,4 +1,4 @@
-"""Answer-position losses equal the same losses read off the model's full logits, on many architectures."""
+"""Answer-position losses equal the same losses read off the model's full logits, on several architectures."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from spul.prompts_store import position_ids_from_mask, prepend_prompt
 from spul.prompts_store.prepend import IGNORE_INDEX
 from spul.trainer.data import encode_batch
 from spul.trainer.losses import answer_logits, kl_sum, row_ce
-from support.tinyarchs import ARCHS, make_arch_model
+from support.tinyarchs import make_arch_model
 
+# One of each way a causal LM reaches its hidden states and logits: decoder under .model (llama, phi),
+# soft-capped logits (gemma2), mixed sliding/full layers (gemma3), .transformer (gpt2), .gpt_neox,
+# a decoder with an output projection (opt).
+ARCHS = ("llama", "gemma2-window", "gemma3-window", "phi", "gpt2", "gpt_neox", "opt")
 ROWS = [("where was alba born ?", "in quellport"), ("what does brin do ?", "she paints"), ("hello", "world")]
 
 
@@ -24,7 +28,7 @@ def full_logits(model, batch, prompt):
     return logits[:, :-1].float(), labels[:, 1:]
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_answer_position_losses_match_full_logits(arch):
     model, tokenizer = make_arch_model(arch)
     batch = encode_batch(tokenizer, [p for p, _ in ROWS], [a for _, a in ROWS])  # left-padded, (B, T)
