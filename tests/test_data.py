@@ -48,6 +48,12 @@ def test_user_data_reads_rows_and_metadata(tmp_path):
     assert data.forget_entities == ["e0", "e1"]
 
 
+def test_contains_rule_gets_room_for_free_form_answers(tmp_path):
+    assert read_data(user_data(tmp_path / "a", match="contains")).meta.max_new_tokens == 32
+    assert read_data(user_data(tmp_path / "b", match="contains", max_new_tokens=8)).meta.max_new_tokens == 8
+    assert read_data(user_data(tmp_path / "c", match="exact")).meta.max_new_tokens is None  # longest gold + 1
+
+
 def test_defaults_without_data_json(tmp_path):
     data = read_data(user_data(tmp_path / "mine"))
     assert data.meta == DataMeta(name="mine") and data.meta.match == "exact" and not data.meta.chat_template
