@@ -12,6 +12,7 @@ import torch
 
 from spul.models import ModelLoadError, load_base_model, pick_device, serving_dtype
 from spul.prompts_store import ArtifactError, PromptStore, model_fingerprint
+from spul.service import settings as settings_module
 from spul.service.engine import Engine
 from spul.service.metrics import Metrics
 from spul.service.registry import ModelIdentity, PromptRegistry
@@ -47,6 +48,15 @@ def reference_paths() -> tuple[Path, Path]:
     return REFERENCE_DIR / "model", REFERENCE_DIR / "profiles"
 
 
+def wants_demo_profiles(settings: Settings) -> bool:
+    """Demo profiles go into the default store (`spul serve` with no --store), or wherever asked
+    (SPUL_DEMO_PROFILES=true); never unasked into a store the user named."""
+    if settings.demo_profiles is not None:
+        return settings.demo_profiles
+    default = settings_module.DEFAULT_STORE  # looked up now: tests point it elsewhere
+    return settings.store.expanduser().resolve() == default.expanduser().resolve()
+
+
 def seed_reference_profiles(store: PromptStore, profiles_dir: Path) -> None:
     """First start on the reference model: copy the shipped demo profiles into an empty store."""
     if store.profiles():
@@ -73,7 +83,10 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
                 "model directory) or reinstall spul-serve"
             )
         model_name = str(model_dir)
-        seed_reference_profiles(store, profiles_dir)
+        if wants_demo_profiles(settings):
+            seed_reference_profiles(store, profiles_dir)
+        elif not store.profiles():
+            log.info("the store %s is empty; SPUL_DEMO_PROFILES=true copies the demo profiles into it", store.root)
     gateway = settings.engine == "vllm"  # vLLM runs the model; this process only embeds the tokens
     try:
         device = torch.device("cpu") if gateway else pick_device(settings.device)

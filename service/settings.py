@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     model: str | None = Field(None, description="HF model dir or id; None = the shipped reference model")
     store: Path = DEFAULT_STORE
+    demo_profiles: bool | None = Field(
+        None, description="seed the reference model's demo profiles into an empty store; None = only the default store"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     engine: Literal["builtin", "vllm"] = Field("builtin", description="vllm: forward to vLLM servers (vllm_urls)")

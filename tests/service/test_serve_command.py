@@ -29,7 +29,7 @@ def test_default_model_seeds_the_demo_profiles_into_an_empty_store(
     for name, data in artifacts.items():
         (reference / "profiles" / f"demo-{name}.safetensors").write_bytes(data)
     monkeypatch.setattr(spul.assets, "REFERENCE_DIR", reference)
-    settings = make_settings(model=None, store=tmp_path / "fresh-store")
+    settings = make_settings(model=None, store=tmp_path / "fresh-store", demo_profiles=True)  # asked for
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["demo-alpha", "demo-beta"]

@@ -1,0 +1,35 @@
+"""The reference model's demo profiles are copied into the default store only, or when asked."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from spul.assets import REFERENCE_DIR
+from spul.prompts_store import PromptStore
+from spul.service import settings as settings_module
+from spul.service.app import create_app
+from spul.service.settings import Settings
+
+DEMOS = sorted(p.stem for p in (REFERENCE_DIR / "profiles").glob("*.safetensors"))
+pytestmark = pytest.mark.skipif(not DEMOS, reason="no reference shipped in this checkout")
+
+
+def start(**settings: object) -> list[str]:
+    """Start on the reference model; the profiles it serves once ready."""
+    with TestClient(create_app(Settings(store_poll_s=0, device="cpu", **settings))) as client:
+        deadline = time.monotonic() + 60
+        while (ready := client.get("/readyz")).json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.status_code == 200, ready.json()
+        return sorted(PromptStore(settings["store"]).profiles())
+
+
+def test_demo_profiles_only_in_the_default_store_or_on_request(tmp_path, monkeypatch):
+    monkeypatch.setattr(settings_module, "DEFAULT_STORE", tmp_path / "default-store")
+    assert start(store=tmp_path / "mine") == []  # a store the user named stays theirs
+    assert start(store=tmp_path / "default-store") == DEMOS
+    assert start(store=tmp_path / "asked", demo_profiles=True) == DEMOS
+    assert start(store=tmp_path / "default-store-2", demo_profiles=False) == []
