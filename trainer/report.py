@@ -103,7 +103,7 @@ def run_report(
                   lambda: icul_candidate(inp, config)))
     scored, skipped = _run_steps(steps, parts, inp, config, progress)
     sweep = run_sweep(inp, config, parts, progress=progress)
-    report = _assemble(scored, inp, config)
+    report = _assemble(scored, inp)
     report.update(
         task=inp.task,
         data=str(inp.data.root),
@@ -148,7 +148,7 @@ def run_baselines(
     steps: list[Step] = [("original", "the base model as it is", lambda: Candidate("original", inp.model))]
     steps += [(name, what, saved(build)) for name, what, build in _baseline_steps(inp, config, progress)]
     scored, _ = _run_steps(steps, parts, inp, config, progress)
-    report = _assemble(scored, inp, config)
+    report = _assemble(scored, inp)
     report.update(task=inp.task, data=str(inp.data.root), config=config.to_dict(), resumed=parts.resumed,
                   seconds=round(time.perf_counter() - started, 1))
     write_outputs(out, report)
@@ -230,7 +230,7 @@ def _summary(part: dict[str, Any]) -> str:
             f"{RETAIN_SPLIT} {100 * res[RETAIN_SPLIT]['accuracy']:.1f}%, MIA AUC {part['mia_auc']:.2f}")
 
 
-def _assemble(scored: dict[str, dict[str, Any]], inp: Inputs, config: ReportConfig) -> dict[str, Any]:
+def _assemble(scored: dict[str, dict[str, Any]], inp: Inputs) -> dict[str, Any]:
     """results / membership inference / closeness to retrain / cost for every scored method."""
     results = {m: p["results"] for m, p in scored.items()}
     logprobs = {m: np.asarray(p["member_logprobs"], dtype=float) for m, p in scored.items()}
