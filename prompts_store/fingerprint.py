@@ -59,9 +59,10 @@ def model_fingerprint(model: torch.nn.Module, tokenizer: Any | None = None) -> s
     changes the computation (layers, vocab size, rope settings, sliding window, layer types...)
     changes the fingerprint.
 
-    Independent of device and of the order in which tensors were registered. Cost: one pass over
-    the weights, about 0.5 s for a 135M-parameter model on one CPU thread, paid once per model
-    load, never per request.
+    Independent of device and of the order in which tensors were registered; tied weights are
+    hashed once. Cost: one pass over the weights, paid once per model load, never per request:
+    for a 135M-parameter model on one CPU thread 0.6 s (float32) / 0.4 s (bfloat16) on a 2-core
+    machine at load ~6, 2.2 s / 1.7 s at load ~25.
     """
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
