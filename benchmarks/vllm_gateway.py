@@ -1,8 +1,10 @@
 """What the gateway costs: `spul_vllm` (spul serve --engine vllm, a soft-prompt profile) vs `vllm_text`.
 
-Both systems are one vLLM server of the same model; `vllm_text` sends plain-text completions to
+All systems use one vLLM server of the same model; `vllm_text` sends plain-text completions to
 vLLM directly, `spul_vllm` sends the same prompts to spul's gateway, which adds a P-row soft
-prompt and forwards `prompt_embeds`. Both are driven by the same closed-loop client (streaming
+prompt and forwards `prompt_embeds`, and `vllm_embeds` sends those same embeddings to vLLM
+directly (precomputed), so `spul_vllm / vllm_embeds` is the gateway's own cost and
+`vllm_embeds / vllm_text` what vLLM charges for embeddings. Both are driven by the same closed-loop client (streaming
 OpenAI completions, greedy, N concurrent clients), rounds interleaved so both see the same load.
 Optionally `spul` (the built-in engine) on the same model, for where it stands against vLLM.
 
@@ -49,8 +51,9 @@ PROMPTS = [
 class Server:
     name: str
     url: str
-    model: str  # what goes in the request's `model` field
+    model: str | None  # what goes in the request's `model` field
     proc: subprocess.Popen
+    embeds: dict[str, str] | None = None  # prompt -> base64 prompt_embeds, sent instead of the text
 
 
 def free_port() -> int:
@@ -87,7 +90,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 async def one_request(client: httpx.AsyncClient, server: Server, prompt: str, max_tokens: int) -> dict:
-    body = {"model": server.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
+    body = {"model": server.model, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
+    if server.embeds is not None:
+        body["prompt_embeds"] = server.embeds[prompt]
+    else:
+        body["prompt"] = prompt
     started = time.perf_counter()
     first: float | None = None
     parts: list[str] = []
@@ -126,8 +133,12 @@ async def load(server: Server, clients: int, requests: int, max_tokens: int, cou
             "ttft_p99_s": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] if ttfts else None}
 
 
-def make_store(model_dir: str, root: Path, num_virtual_tokens: int) -> None:
-    """One random soft prompt for the model (what it contains does not matter for speed)."""
+def make_store(model_dir: str, root: Path, num_virtual_tokens: int) -> dict[str, str]:
+    """One random soft prompt for the model (what it contains does not matter for speed).
+
+    Returns each benchmark prompt as vLLM `prompt_embeds` of [that soft prompt ; its token
+    embeddings], built once here, so `vllm_embeds` measures vLLM on the gateway's work without it.
+    """
     import torch
 
     from spul.models import load_base_model
@@ -139,10 +150,20 @@ def make_store(model_dir: str, root: Path, num_virtual_tokens: int) -> None:
     prompt = torch.randn(num_virtual_tokens, hidden, generator=torch.Generator().manual_seed(0)) * scale
     PromptStore(root).put("bench", artifact_bytes(prompt, profile="bench", base_model=model_dir,
                                                   base_fingerprint=model_fingerprint(base.model, base.tokenizer)))
+    from spul.service.vllm_gateway import encode_prompt_embeds
+
+    embed = base.model.get_input_embeddings()
+    out = {}
+    with torch.no_grad():
+        for text in PROMPTS:
+            ids = torch.tensor(base.tokenizer(text, add_special_tokens=False)["input_ids"])
+            out[text] = encode_prompt_embeds(torch.cat([prompt, embed(ids)]))  # (P + T, H)
+    return out
 
 
 @contextlib.contextmanager
-def servers(args: argparse.Namespace, model_dir: str, work: Path) -> Iterator[dict[str, Server]]:
+def servers(args: argparse.Namespace, model_dir: str, work: Path, embeds: dict[str, str]
+            ) -> Iterator[dict[str, Server]]:
     started: list[subprocess.Popen] = []
     try:
         vport = free_port()
@@ -153,8 +174,9 @@ def servers(args: argparse.Namespace, model_dir: str, work: Path) -> Iterator[di
                      work / "vllm.log", {"VLLM_CPU_KVCACHE_SPACE": "2"})
         started.append(vllm)
         wait_ready(vllm_url, vllm, work / "vllm.log", "/v1/models")
-        out = {"vllm_text": Server("vllm_text", vllm_url, httpx.get(vllm_url + "/v1/models").json()["data"][0]["id"],
-                                   vllm)}
+        served = httpx.get(vllm_url + "/v1/models").json()["data"][0]["id"]
+        out = {"vllm_text": Server("vllm_text", vllm_url, served, vllm),
+               "vllm_embeds": Server("vllm_embeds", vllm_url, served, vllm, embeds)}
         engines = [("spul_vllm", ["--engine", "vllm", "--vllm-url", vllm_url])]
         if args.builtin:
             engines.append(("spul", []))
@@ -202,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="spul-vllm-bench-") as tmp:
         work = Path(tmp)
-        make_store(model_dir, work / "store", args.prompt_tokens)
-        with servers(args, model_dir, work) as running:
+        embeds = make_store(model_dir, work / "store", args.prompt_tokens)
+        with servers(args, model_dir, work, embeds) as running:
             for server in running.values():  # warm-up: first requests compile and fill caches
                 asyncio.run(load(server, 4, 8, 8, count_tokens))
             for clients in (int(c) for c in args.clients.split(",")):
@@ -235,6 +257,9 @@ def summarise(results: list[dict]) -> list[dict]:
         if "spul_vllm" in mean and mean.get("vllm_text"):
             entry["spul_vllm_over_vllm_text"] = mean["spul_vllm"] / mean["vllm_text"]
             entry["ttft_p50_gap_ms"] = 1000 * (ttft["spul_vllm"] - ttft["vllm_text"])
+        if "spul_vllm" in mean and mean.get("vllm_embeds"):  # the gateway's own cost, same work in vLLM
+            entry["spul_vllm_over_vllm_embeds"] = mean["spul_vllm"] / mean["vllm_embeds"]
+            entry["ttft_p50_gap_vs_embeds_ms"] = 1000 * (ttft["spul_vllm"] - ttft["vllm_embeds"])
         if "spul" in mean and mean.get("vllm_text"):
             entry["builtin_over_vllm_text"] = mean["spul"] / mean["vllm_text"]
         out.append(entry)
@@ -254,6 +279,9 @@ def markdown(report: dict) -> str:
         if "spul_vllm_over_vllm_text" in entry:
             lines.append(f"- {entry['clients']} clients: spul_vllm / vllm_text = {entry['spul_vllm_over_vllm_text']:.3f} "
                          f"(target >= 0.95), p50 TTFT gap {entry['ttft_p50_gap_ms']:+.0f} ms (target <= 20 ms)"
+                         + (f"; against vllm_embeds (same soft prompt sent to vLLM directly): "
+                            f"{entry['spul_vllm_over_vllm_embeds']:.3f}, TTFT gap "
+                            f"{entry['ttft_p50_gap_vs_embeds_ms']:+.0f} ms" if "spul_vllm_over_vllm_embeds" in entry else "")
                          + (f"; built-in / vllm_text = {entry['builtin_over_vllm_text']:.2f}"
                             if "builtin_over_vllm_text" in entry else ""))
     return "\n".join(lines) + "\n"

@@ -178,8 +178,7 @@ class VllmGateway:
             raise ShuttingDown("server is shutting down")
         self._check_context(request)
         if len(self._inflight) >= self.max_queue:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise QueueFull(retry_after=1)
+            raise QueueFull(retry_after=1)  # counted as a refusal by the route
         stream = GatewayStream()
         self._inflight.add(stream)
         stream.task = asyncio.create_task(self._run(request, stream))
@@ -190,7 +189,6 @@ class VllmGateway:
         limit = self.max_positions
         prompt, query = request.handle.embeddings.shape[0], len(request.token_ids)
         if limit is not None and prompt + query + request.max_new_tokens > limit:
-            self.metrics.rejected.labels("context_length").inc()
             raise ContextTooLong(prompt=prompt, query=query, max_new_tokens=request.max_new_tokens, limit=limit)
 
     async def shutdown(self, *, grace_s: float = 10.0) -> None:
