@@ -12,10 +12,9 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from spul.prompts_store import position_ids_from_mask, prepend_prompt
-from spul.service.kvcache import KVBatch, PrefixCache, concat_batches
+from spul.service.kvcache import KVBatch, PrefixCache, concat_batches, empty_cache
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +184,7 @@ class Engine:
             "inputs_embeds": embeds,
             "attention_mask": self.layout.masks(mask, positions, self.dtype),
             "position_ids": positions,
-            "cache": past.as_cache() if past is not None else DynamicCache(),  # full-length keys in every layer
+            "cache": past.as_cache() if past is not None else empty_cache(),  # full-length keys in every layer
             "use_cache": True,
         }
         if not logits:  # the base model only: nothing is sampled after this chunk

@@ -3,6 +3,11 @@
 Rows of one batch have different lengths (different soft prompts P, different queries), so the
 batch cache is left-padded: every row's real positions end at the last column, pad columns are
 masked out, and positions come from the mask (`position_ids_from_mask`), never from the column.
+
+A batch's keys and values live in buffers with spare columns on the right: a decode step
+writes its one new column in place instead of copying the whole cache to grow it by one. A
+batch's views never change; extending a batch hands its spare columns to the result, and
+extending the same batch twice copies instead of writing over the first extension.
 """
 
 from __future__ import annotations
@@ -14,6 +19,62 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+MIN_SPARE_COLUMNS = 64  # a buffer grown for new columns gets at least this many spare ones
+
+
+class _Buffer:
+    """Keys and values (B, kvh, capacity, hd) of one layer; columns [0, filled) are written."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
+        self.keys, self.values, self.filled = keys, values, filled
+
+
+class _GrowingLayer(DynamicLayer):
+    """A DynamicLayer that appends into a buffer's spare columns instead of concatenating."""
+
+    def __init__(self, buffer: _Buffer | None = None, length: int = 0, keys: torch.Tensor | None = None,
+                 values: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.buffer, self.length = buffer, length
+        if keys is not None:
+            self.keys, self.values = keys, values
+            self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        new = key_states.shape[-2]
+        end = self.length + new
+        buffer = self.buffer
+        if buffer is None or buffer.filled != self.length or end > buffer.keys.shape[-2]:
+            buffer = self._grown(key_states, value_states, end + max(MIN_SPARE_COLUMNS, end // 2))
+        buffer.keys[:, :, self.length : end] = key_states
+        buffer.values[:, :, self.length : end] = value_states
+        buffer.filled = end
+        self.buffer, self.length = buffer, end
+        self.keys, self.values = buffer.keys[:, :, :end], buffer.values[:, :, :end]  # (B, kvh, L, hd) views
+        self.device, self.is_initialized = key_states.device, True
+        return self.keys, self.values
+
+    def _grown(self, key_states: torch.Tensor, value_states: torch.Tensor, capacity: int) -> _Buffer:
+        """A new buffer holding this layer's columns, with room for `capacity` in all."""
+        shape = (*key_states.shape[:2], capacity)
+        keys = key_states.new_empty((*shape, key_states.shape[-1]))
+        values = value_states.new_empty((*shape, value_states.shape[-1]))
+        if self.length:
+            keys[:, :, : self.length] = self.keys
+            values[:, :, : self.length] = self.values
+        return _Buffer(keys, values, self.length)
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
+def empty_cache() -> DynamicCache:
+    """A cache whose every layer keeps full-length keys and grows in place."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _GrowingLayer
+    return cache
 
 
 @dataclass(frozen=True)
@@ -23,6 +84,7 @@ class KVBatch:
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
     mask: torch.Tensor  # (B, L) long, 1 = real position
+    buffers: tuple[_Buffer | None, ...] | None = None  # where keys/values have spare columns, if they do
 
     @property
     def batch_size(self) -> int:
@@ -36,14 +98,21 @@ class KVBatch:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
     def as_cache(self) -> DynamicCache:
-        """A fresh HF cache holding these tensors (the model appends to it, we never mutate ours)."""
-        return DynamicCache(ddp_cache_data=list(zip(self.keys, self.values)))
+        """An HF cache over these tensors; the model's appends go to spare columns, never into ours."""
+        buffers = self.buffers or (None,) * len(self.keys)
+        cache = empty_cache()
+        cache.layers = [
+            _GrowingLayer(buffer, self.length, keys, values)
+            for buffer, keys, values in zip(buffers, self.keys, self.values)
+        ]
+        return cache
 
     @classmethod
     def from_cache(cls, cache: DynamicCache, mask: torch.Tensor) -> KVBatch:
         keys = tuple(layer.keys for layer in cache.layers)
         values = tuple(layer.values for layer in cache.layers)
-        return cls(keys, values, mask)
+        buffers = tuple(getattr(layer, "buffer", None) for layer in cache.layers)
+        return cls(keys, values, mask, buffers)
 
     def left_pad(self, length: int) -> KVBatch:
         """Prepend masked columns so the cache is `length` long."""

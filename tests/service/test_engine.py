@@ -108,6 +108,19 @@ def test_request_joining_mid_decode_matches_alone(tiny_model, rows, expected):
     assert [s[:STEPS] for s in seqs] == expected[1:3]
 
 
+def test_a_batch_extended_twice_gives_two_independent_results(tiny_model, rows):
+    """Decode writes into spare columns in place; a second extension of the same batch must not overwrite the first."""
+    engine = Engine(tiny_model[0], prefix_cache_bytes=0)
+    _, batch = engine.prefill(rows[:2])
+    logits_a, after_a = engine.decode(batch, [5, 6])
+    copy_a = KVBatch(tuple(k.clone() for k in after_a.keys), tuple(v.clone() for v in after_a.values), after_a.mask)
+    logits_b, _ = engine.decode(batch, [7, 8])  # the same batch again, other tokens
+    assert not torch.allclose(logits_a, logits_b)
+    next_a, _ = engine.decode(after_a, [1, 1])
+    expected, _ = engine.decode(copy_a, [1, 1])
+    torch.testing.assert_close(next_a, expected)
+
+
 def _entry(length: int) -> KVBatch:
     k = torch.zeros(1, 2, length, 8)  # (B, kvh, L, hd)
     return KVBatch((k,), (k.clone(),), torch.ones(1, length, dtype=torch.long))
