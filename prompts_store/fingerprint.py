@@ -51,8 +51,8 @@ def model_fingerprint(model: torch.nn.Module, tokenizer: Any | None = None) -> s
     hashed as stored. So a float32 load and a bfloat16 load of the same checkpoint give the same
     fingerprint (a trainer in float32 and a server in bfloat16 agree), and so do float16 loads of
     checkpoints stored in bfloat16 or float16 (as most published models are). A float16 load of
-    a float32 checkpoint is rounded twice (to fp16, then bf16) and does not match: serve such a
-    model in bfloat16 or float32, or train on a float16 load.
+    a float32 checkpoint is rounded twice (to fp16, then bf16) and does not match; a float16
+    server therefore fingerprints a float32 load of its checkpoint (`spul.service.runtime`).
 
     Config: `config.to_dict()` minus the entries in `_CONFIG_NOISE` (dtype, transformers
     version, path, saving class, output switches, attention kernel), at every nesting level, so anything that

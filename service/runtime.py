@@ -71,6 +71,17 @@ def seed_reference_profiles(store: PromptStore, profiles_dir: Path) -> None:
         log.info("seeded demo profile %s into %s", path.stem, store.root)
 
 
+def float32_fingerprint(model_name: str) -> str:
+    """The fingerprint of a float32 load (then freed), for a server that holds float16 weights.
+
+    A float16 load of a float32 checkpoint rounds each weight twice on the way to the
+    fingerprint's bfloat16 rendering and would match no profile trained on float32 weights; so
+    a float16 server loads the checkpoint once more, in float32 on the CPU, only to fingerprint it.
+    """
+    base = load_base_model(model_name, device="cpu", dtype=torch.float32)
+    return model_fingerprint(base.model, base.tokenizer)
+
+
 def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     """Load the model once, then every active profile (validated against this model)."""
     model_name = settings.model
@@ -90,13 +101,15 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     gateway = settings.engine == "vllm"  # vLLM runs the model; this process only embeds the tokens
     try:
         device = torch.device("cpu") if gateway else pick_device(settings.device)
-        base = load_base_model(model_name, device=device, dtype=serving_dtype(settings.dtype, device))
+        dtype = serving_dtype(settings.dtype, device)
+        fingerprint = float32_fingerprint(model_name) if dtype == torch.float16 else None
+        base = load_base_model(model_name, device=device, dtype=dtype)
     except ModelLoadError as err:
         raise StartupError(str(err)) from err
     model, tokenizer = base.model, base.tokenizer
     engine = None if gateway else Engine(model, prefix_cache_bytes=settings.prefix_cache_bytes)
     identity = ModelIdentity(
-        fingerprint=model_fingerprint(model, tokenizer),
+        fingerprint=fingerprint or model_fingerprint(model, tokenizer),
         hidden_size=base.hidden_size,  # the input embedding's width (multimodal configs nest hidden_size)
         device=engine.device if engine is not None else device,
         dtype=engine.dtype if engine is not None else base.model.get_input_embeddings().weight.dtype,

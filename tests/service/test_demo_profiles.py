@@ -33,3 +33,16 @@ def test_demo_profiles_only_in_the_default_store_or_on_request(tmp_path, monkeyp
     assert start(store=tmp_path / "default-store") == DEMOS
     assert start(store=tmp_path / "asked", demo_profiles=True) == DEMOS
     assert start(store=tmp_path / "default-store-2", demo_profiles=False) == []
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_shipped_profiles_serve_on_a_half_precision_load(tmp_path, dtype):
+    """Trained on float32 weights, served on half-precision weights (the CUDA default): same model."""
+    with TestClient(create_app(Settings(store=tmp_path, demo_profiles=True, dtype=dtype, store_poll_s=0))) as client:
+        deadline = time.monotonic() + 60
+        while (ready := client.get("/readyz")).json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.status_code == 200 and ready.json()["profiles"] == len(DEMOS), ready.json()
+        done = client.post("/v1/generate", json={"profile": DEMOS[0], "prompt": "### Question : where was vousan born ? "
+                                                 "### Answer :", "max_new_tokens": 4})
+        assert done.status_code == 200 and done.json()["text"].strip(), done.text
