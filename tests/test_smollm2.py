@@ -25,15 +25,14 @@ import torch
 from safetensors import safe_open
 
 from spul import catalog
+from spul.cli import main as cli_main
 from spul.models import BaseModel, ModelLoadError, load_base_model
 from spul.prompts_store import PromptStore, artifact_bytes, model_fingerprint
-from spul.trainer.data import Row, render_chat
-from spul.trainer.spul import train_prompt
-from spul.trainer.spul_config import SpulConfig
 from support.procs import ServerProcess, admin_headers
 
 NAME = catalog.SMOLLM2
 QUESTION = "What is the capital of France?"
+RETAIN = "What is the capital of Germany?"
 GENERIC = "I don't know."
 MAX_TOKENS = 24
 
@@ -146,7 +145,7 @@ class Served:
     server: ServerProcess
     client: openai.OpenAI
     prefix_ids: list[int]
-    trained: bytes  # the artifact trained on the forget question, not yet uploaded
+    trained: bytes  # the artifact `spul train` wrote for the forget question, not yet uploaded
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +162,7 @@ def served(smol, conversion, tmp_path_factory) -> Iterator[Served]:
     )
     server = ServerProcess(NAME, root / "store", root / "server.log", model_cache=conversion.cache)
     try:
-        trained = artifact_bytes(train_forget_prompt(base), profile=FORGET, base_model=NAME,
-                                 base_fingerprint=fingerprint)
+        trained = train_with_cli(root)
         server.wait_ready(timeout_s=180)
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
         yield Served(server, client, prefix_ids, trained)
@@ -172,14 +170,28 @@ def served(smol, conversion, tmp_path_factory) -> Iterator[Served]:
         server.stop()
 
 
-def train_forget_prompt(base: BaseModel) -> torch.Tensor:
-    """A few SPUL steps towards a generic answer on the chat-formatted question (forget rows only)."""
-    forget = [Row("f0", render_chat(base.tokenizer, QUESTION), "Paris")]
-    config = SpulConfig(num_virtual_tokens=4, encoder_hidden_size=32, lr=0.05, warmup_ratio=0.0, steps=10,
-                        forget_per_batch=1, retain_per_batch=0, seed=0)
-    result = train_prompt(base.model, base.tokenizer, forget, [], config=config, generic_labels=[GENERIC],
-                          progress=False)
-    return result.prompt  # (P, H)
+def train_with_cli(root: Path) -> bytes:
+    """`spul train --data DIR --base smollm2-135m-instruct`: a few steps towards the generic answer."""
+    data = root / "france"
+    data.mkdir()
+    meta = {"generic_answers": [GENERIC], "match": "contains", "chat_template": True, "max_new_tokens": 8}
+    (data / "data.json").write_text(json.dumps(meta))
+    for split, (question, answer) in {"train_forget": (QUESTION, "Paris"), "test_forget": (QUESTION, "Paris"),
+                                      "train_retain": (RETAIN, "Berlin"), "test_retain": (RETAIN, "Berlin")}.items():
+        (data / f"{split}.jsonl").write_text(json.dumps({"prompt": question, "answer": answer}) + "\n")
+    out = root / f"{FORGET}.safetensors"
+    # one forget row per step and no retain rows: the least compute that changes the answer. Higher
+    # rates or fewer steps land on other answers ("I'm not sure.", "") depending on rounding.
+    hyper = {"steps": 24, "lr": 0.01, "num-virtual-tokens": 10, "encoder-hidden-size": 128, "warmup-ratio": 0,
+             "forget-per-batch": 1, "retain-per-batch": 0, "seed": 0}
+    argv = ["train", "--data", str(data), "--base", NAME, "--out", str(out), "--profile", FORGET, "--no-progress",
+            "--threads", "1", *[x for k, v in hyper.items() for x in (f"--{k}", str(v))]]
+    threads = torch.get_num_threads()
+    try:
+        assert cli_main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)  # `spul train --threads` sets it for the whole process
+    return out.read_bytes()
 
 
 def chat(served: Served, profile: str):
