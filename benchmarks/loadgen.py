@@ -66,6 +66,8 @@ class LoadResult:
     wall_s: float
     records: list[RequestRecord]
     unfinished: int = 0  # requests cut off at the drain deadline (not in `records`)
+    unfinished_tokens: int = 0  # tokens those requests had streamed when they were cut off
+    unfinished_ttfts: tuple[float, ...] = ()  # seconds to the first token of those that had one
 
     @property
     def ok(self) -> list[RequestRecord]:
@@ -77,15 +79,16 @@ class LoadResult:
 
     def summary(self) -> dict[str, float | int]:
         ok = self.ok
-        tokens = sum(r.tokens for r in ok)
+        tokens = sum(r.tokens for r in ok) + self.unfinished_tokens
         latencies = [r.latency_s * 1000 for r in ok]
-        ttfts = [r.ttft_s * 1000 for r in ok if r.ttft_s is not None]
+        ttfts = [r.ttft_s * 1000 for r in ok if r.ttft_s is not None] + [t * 1000 for t in self.unfinished_ttfts]
         itls = [gap * 1000 for r in ok for gap in r.gaps()]
         return {
             "clients": self.clients,
             "requests": len(ok),
             "errors": self.errors,
             "unfinished": self.unfinished,
+            "unfinished_tokens": self.unfinished_tokens,
             "generated_tokens": tokens,
             "wall_s": round(self.wall_s, 3),
             "tokens_per_s": round(tokens / self.wall_s, 2) if self.wall_s > 0 else 0.0,
@@ -123,31 +126,34 @@ async def run_load(
     """Drive `clients` concurrent streams until `requests` are done or `max_seconds` have passed.
 
     After `max_seconds` no request starts; requests still running `drain_seconds` later (default:
-    max_seconds again) are cancelled and counted as `unfinished`, so a run always ends.
+    max_seconds again) are cancelled and counted as `unfinished`, so a run always ends; the tokens
+    they had streamed count as generated (`unfinished_tokens`): the server did produce them.
     """
     bodies = itertools.islice(workload.bodies(), requests)
     deadline = time.perf_counter() + max_seconds
     drain = max_seconds if drain_seconds is None else drain_seconds
     records: list[RequestRecord] = []
-    in_flight = [0]
+    in_flight: dict[int, tuple[float, list[float]]] = {}  # client -> (start, token times) of its request
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(
         base_url=base_url, timeout=timeout_s, limits=limits, transport=transport
     ) as client:
         start = time.perf_counter()
         tasks = [
-            asyncio.ensure_future(_client_loop(client, bodies, deadline, records, in_flight))
-            for _ in range(clients)
+            asyncio.ensure_future(_client_loop(client, bodies, deadline, records, in_flight, i))
+            for i in range(clients)
         ]
         _, pending = await asyncio.wait(tasks, timeout=max_seconds + drain)
-        unfinished = in_flight[0]
+        unfinished = len(in_flight)
+        unfinished_tokens = sum(len(times) for _, times in in_flight.values())
+        unfinished_ttfts = tuple(times[0] - sent for sent, times in in_flight.values() if times)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         wall = time.perf_counter() - start
     if unfinished:
         log.warning("%d requests still running %.0fs after the last start were cut off", unfinished, drain)
-    return LoadResult(clients, wall, records, unfinished)
+    return LoadResult(clients, wall, records, unfinished, unfinished_tokens, unfinished_ttfts)
 
 
 async def _client_loop(
@@ -155,23 +161,27 @@ async def _client_loop(
     bodies: Iterator[dict],
     deadline: float,
     records: list[RequestRecord],
-    in_flight: list[int],
+    in_flight: dict[int, tuple[float, list[float]]],
+    me: int,
 ) -> None:
     # the shared iterator is only advanced from the event loop thread, so no lock is needed
     for body in bodies:
         if time.perf_counter() >= deadline:
             return
-        in_flight[0] += 1
-        record = await one_request(client, body)
-        in_flight[0] -= 1
+        in_flight[me] = (time.perf_counter(), [])
+        record = await one_request(client, body, times=in_flight[me][1])
+        del in_flight[me]
         records.append(record)
 
 
-async def one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
-    """Send one streaming request; parse server-sent events `data: {json}` until `[DONE]` or EOF."""
+async def one_request(client: httpx.AsyncClient, body: dict, *, times: list[float] | None = None) -> RequestRecord:
+    """Send one streaming request; parse server-sent events `data: {json}` until `[DONE]` or EOF.
+
+    `times`, when given, receives each token's arrival time as it comes (a caller that cancels
+    the request still sees how far it got)."""
     start = time.perf_counter()
     ttft: float | None = None
-    times: list[float] = []
+    times = [] if times is None else times
     reported: int | None = None
     finish: str | None = None
     error: str | None = None

@@ -23,6 +23,7 @@ COLUMNS = (
     "requests",
     "errors",
     "unfinished",
+    "unfinished_tokens",
 )
 ENGINE_COLUMNS = (
     "system",

@@ -27,7 +27,7 @@ def decode_forward_seconds(
     *,
     context: int,
     threads: int | None = None,
-    repeats: int = 7,
+    repeats: int = 9,
     warmup: int = 2,
 ) -> dict[int, float]:
     """Median seconds of one (B, 1) forward over a `context`-long cache, for each batch size B."""

@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,8 @@ SPUL_ENGINES = ("spul", "no_profile", "spul_no_cache")  # systems whose /metrics
 LONG_PROMPT_SYSTEMS = ("spul", "transformers_cb")
 # Settings of `spul serve` the benchmark relies on (service/settings.py, env prefix SPUL_).
 NO_CACHE_ENV = {"SPUL_PREFIX_CACHE_BYTES": "0"}
-SERVER_ENV: dict[str, str] = {"SPUL_MAX_PROMPT_TOKENS": "4096"}  # every spul server: room for the long prompt
+# every spul server: room for the long prompt; requests are cut by the load generator, not by the server
+SERVER_ENV: dict[str, str] = {"SPUL_MAX_PROMPT_TOKENS": "4096", "SPUL_REQUEST_TIMEOUT_S": "900"}
 PAGE = 64  # transformers_cb KV page size (tokens)
 
 
@@ -169,6 +171,8 @@ def _load(server: RunningServer, workload: Workload, *, clients: int, requests: 
 def _measure(server: RunningServer, config: ServingConfig, system: str, clients: int) -> dict:
     workload = workload_for(config, system)
     requests = max(config.requests, 2 * clients)
+    if system in SPUL_ENGINES:
+        wait_idle(server.url)
     before = engine_counters(server.url) if system in SPUL_ENGINES else None
     result = asyncio.run(
         run_load(server.url, workload, clients=clients, requests=requests, max_seconds=config.max_seconds)
@@ -197,6 +201,21 @@ def parse_metrics(text: str) -> dict[str, float]:
         if match:
             values[match[1]] = values.get(match[1], 0.0) + float(match[2])
     return values
+
+
+def wait_idle(url: str, *, timeout_s: float = 120.0) -> None:
+    """Wait until a spul server has no running or waiting request (requests the load generator cut
+    off in a previous run are cancelled at the server's next step), so runs do not overlap."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            values = parse_metrics(httpx.get(f"{url}/metrics", timeout=10.0).text)
+        except httpx.HTTPError:
+            return
+        if values.get("spul_requests_running", 0) + values.get("spul_requests_waiting", 0) == 0:
+            return
+        time.sleep(0.5)
+    log.warning("%s still busy after %.0fs", url, timeout_s)
 
 
 def engine_counters(url: str) -> dict[str, float]:
@@ -260,6 +279,9 @@ def typical_context(config: ServingConfig) -> int:
 # ---- a long prompt during running decodes ---------------------------------------------------
 def _long_prompt(server: RunningServer, config: ServingConfig, system: str) -> dict:
     from transformers import AutoTokenizer
+
+    if system in SPUL_ENGINES:
+        wait_idle(server.url)
 
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
     text, tokens = long_prompt_text(tokenizer, config.long_prompt_tokens)
