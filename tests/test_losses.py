@@ -38,7 +38,7 @@ def test_answer_position_losses_match_full_logits(arch):
         answer = answer_logits(model, batch, prompt)
         pred, target = full_logits(model, batch, prompt)
         plain, _ = full_logits(model, batch, None)
-        reference = answer_logits(model, batch).logits
+        reference = answer_logits(model, batch)
     where = target != IGNORE_INDEX  # (B, L-1)
     torch.testing.assert_close(answer.logits, pred[where], rtol=1e-4, atol=1e-4)
     expected_ce = F.cross_entropy(pred.transpose(1, 2), target, reduction="none").sum(dim=1)  # (B,)
@@ -46,5 +46,5 @@ def test_answer_position_losses_match_full_logits(arch):
     plain_where = batch.labels[:, 1:] != IGNORE_INDEX
     expected_kl = F.kl_div(pred[where].log_softmax(-1), plain[plain_where].log_softmax(-1), log_target=True,
                            reduction="sum")
-    torch.testing.assert_close(kl_sum(reference, answer.logits), expected_kl, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(kl_sum(reference, answer), expected_kl, rtol=1e-3, atol=1e-4)
     assert answer.rows(1).target.tolist() == target[1:][where[1:]].tolist()

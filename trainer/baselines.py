@@ -112,8 +112,8 @@ def retain_kl(model: Any, original: Any, tokenizer: Any, rows: Sequence[Row], *,
     """KL(original || model) summed over the positions that predict retain answer tokens, per row."""
     batch = _encode(model, tokenizer, rows, None, chat_template)
     with torch.no_grad():
-        reference = answer_logits(original, batch).logits  # (N, V)
-    return kl_sum(reference, answer_logits(model, batch).logits) / len(rows)
+        reference = answer_logits(original, batch)  # (N, V)
+    return kl_sum(reference, answer_logits(model, batch)) / len(rows)
 
 
 def _encode(model: Any, tokenizer: Any, rows: Sequence[Row], answers: Sequence[str] | None,

@@ -8,6 +8,8 @@ time than the transformer itself, while an answer is a few tokens per row.
   soft prompt in front, and the tokens they predict.
 - ``row_ce``: cross-entropy summed over each row's answer tokens, (B,).
 - ``kl_sum``: KL(reference || model) summed over answer positions.
+
+Results equal the same losses computed from full logits bit for bit (see ``row_ce``).
 """
 
 from __future__ import annotations
@@ -67,17 +69,27 @@ def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def row_ce(answer: AnswerLogits) -> torch.Tensor:
-    """Cross-entropy summed over each row's answer tokens: (B,)."""
-    token_ce = F.cross_entropy(answer.logits, answer.target, reduction="none")  # (N,)
-    per_position = token_ce.new_zeros(answer.where.shape).masked_scatter(answer.where, token_ce)  # (B, L-1)
-    return per_position.sum(dim=1)  # (B,)
+    """Cross-entropy summed over each row's answer tokens: (B,).
+
+    The logits go in as (1, V, N) and the sums run over (B, L-1), the layouts of a cross-entropy
+    over full (B, V, L-1) logits: the result equals that computation bit for bit, so a prompt
+    trained with the same settings and seed is the same prompt as before this module existed.
+    """
+    token_ce = F.cross_entropy(answer.logits.T[None], answer.target[None], reduction="none")[0]  # (N,)
+    return _per_position(token_ce, answer.where).sum(dim=1)  # (B,)
 
 
-def kl_sum(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Sum over positions of KL(reference || model); both (N, V) logits at the same answer positions."""
-    ref_logp = F.log_softmax(reference.float(), dim=-1)  # (N, V)
-    logp = F.log_softmax(logits.float(), dim=-1)  # (N, V)
-    return (ref_logp.exp() * (ref_logp - logp)).sum()
+def kl_sum(reference: AnswerLogits, model: AnswerLogits) -> torch.Tensor:
+    """Sum over answer positions of KL(reference || model); both hold the same rows' answer positions."""
+    ref_logp = F.log_softmax(reference.logits, dim=-1)  # (N, V)
+    logp = F.log_softmax(model.logits, dim=-1)  # (N, V)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1)  # (N,)
+    return _per_position(kl, reference.where).sum()
+
+
+def _per_position(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """(N,) values at the answer positions -> (B, L-1), zero elsewhere."""
+    return values.new_zeros(where.shape).masked_scatter(where, values)
 
 
 def rows_of(batch: Batch, start: int, stop: int | None = None) -> Batch:

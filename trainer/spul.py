@@ -64,8 +64,8 @@ def spul_loss(model: Any, prompt: torch.Tensor, batch: Batch, n_forget: int, *, 
     kl = zero
     if n_retain and beta > 0:
         with torch.no_grad():  # the original model: the same retain rows, no prompt, same positions
-            reference = answer_logits(model, rows_of(batch, n_forget)).logits  # (N_r, V)
-        kl = kl_sum(reference, answer.rows(n_forget).logits) / n_retain
+            reference = answer_logits(model, rows_of(batch, n_forget))  # (N_r, V)
+        kl = kl_sum(reference, answer.rows(n_forget)) / n_retain
     return LossTerms(forget + alpha * retain + beta * kl, forget, retain, kl)
 
 
