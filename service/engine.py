@@ -1,9 +1,11 @@
 """The model and its KV cache: prefill and decode for rows with different soft prompts.
 
 Stateless apart from the model and the prefix cache: the scheduler owns the running batch
-(`KVBatch`) and the per-request state, and calls `prefill` for newcomers and `decode` once per
-iteration. Every row sees exactly the positions it would see alone (`position_ids_from_mask`),
-which is what makes batched, cached and uncached greedy outputs agree with evaluation.
+(`KVBatch`) and the per-request state, and calls `prefill` for newcomers (or `begin` and then
+`extend` chunk by chunk for a long prompt) and `decode` once per iteration. Every row sees
+exactly the positions it would see alone (`position_ids_from_mask`), sliding windows included
+(`AttentionLayout`), which is what makes batched, chunked, cached and uncached greedy outputs
+agree with evaluation. Logits are computed only for the last position of rows that sample.
 """
 
 from __future__ import annotations
