@@ -74,7 +74,8 @@ def resolve_model(name: str | Path) -> str:
     if text.lower().endswith(".gguf"):
         path = Path(text).expanduser()
         if not path.is_file():
-            raise CatalogError(f"GGUF file {path} does not exist; pass an existing .gguf file or one of {NAMES}")
+            raise CatalogError(f"GGUF file {path} does not exist; pass an existing .gguf file or a model name "
+                               f"({', '.join(NAMES)})")
         return str(convert_gguf(path, name=_slug(path.stem)))
     return text
 

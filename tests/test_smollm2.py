@@ -36,13 +36,7 @@ RETAIN = "What is the capital of Germany?"
 GENERIC = "I don't know."
 MAX_TOKENS = 24
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec(catalog.PACKAGED[NAME].module) is None,
-        reason=f"SmolLM2 is not installed: {catalog.PACKAGED[NAME].install}",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 CONVERT = """
 import logging, sys
@@ -63,6 +57,8 @@ class Conversion:
 @pytest.fixture(scope="session")
 def conversion(tmp_path_factory) -> Iterator[Conversion]:
     """Two processes resolve the name at once into an empty cache; the session then uses that cache."""
+    if importlib.util.find_spec(catalog.PACKAGED[NAME].module) is None:
+        pytest.skip(f"SmolLM2 is not installed: {catalog.PACKAGED[NAME].install}")
     cache = tmp_path_factory.mktemp("model-cache")
     env = {**os.environ, "SPUL_MODEL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
@@ -126,6 +122,14 @@ def test_the_fingerprint_is_the_same_on_every_load_and_in_bfloat16(smol):
     assert model_fingerprint(again.model, again.tokenizer) == smol.fingerprint
     again.model.to(torch.bfloat16)  # how a GPU server holds the weights
     assert model_fingerprint(again.model, again.tokenizer) == smol.fingerprint
+
+
+def test_the_name_reference_loads_the_shipped_model():
+    from spul.assets import REFERENCE_DIR
+
+    named = load_base_model(catalog.REFERENCE, device="cpu")
+    by_path = load_base_model(REFERENCE_DIR / "model", device="cpu")
+    assert model_fingerprint(named.model, named.tokenizer) == model_fingerprint(by_path.model, by_path.tokenizer)
 
 
 def test_a_missing_package_names_the_install_command(monkeypatch):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from spul import catalog
+
 log = logging.getLogger(__name__)
 
 EXIT_STARTUP_FAILED = 3  # the model or profiles could not load (a normal stop by SIGTERM exits 143)
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
-    parser.add_argument("--model", help="Hugging Face model dir or id (default: the shipped reference model)")
+    parser.add_argument("--model", help=f"{catalog.HELP} (default: reference, with its demo profiles)")
     parser.add_argument("--store", help="profile store directory (default ~/.cache/spul/store)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when available")
     parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="default auto")
