@@ -138,6 +138,7 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
             tokenizer,
             metrics,
             max_batch_size=settings.max_batch_size,
+            max_step_tokens=settings.max_step_tokens,
             max_queue=settings.max_queue,
             eos_token_ids=_eos_ids(model, tokenizer),
         )

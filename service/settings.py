@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     require_profile: bool = Field(False, description="refuse requests that name no profile")
 
     max_batch_size: int = Field(32, ge=1, le=1024)
+    max_step_tokens: int = Field(256, ge=1, description="tokens per engine step (decodes + prefill chunk); "
+                                 "lower keeps running streams smoother while long prompts arrive")
     max_queue: int = Field(256, ge=1)
     max_prompt_tokens: int = Field(1024, ge=1)
     max_new_tokens: int = Field(256, ge=1)
