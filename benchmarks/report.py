@@ -33,7 +33,6 @@ ENGINE_COLUMNS = (
     "decode_step_ms",
     "roofline_ms",
     "step_vs_roofline",
-    "roofline_at_clients_ms",
     "roofline_context",
 )
 LONG_COLUMNS = (

@@ -27,8 +27,8 @@ def decode_forward_seconds(
     *,
     context: int,
     threads: int | None = None,
-    repeats: int = 9,
-    warmup: int = 2,
+    repeats: int = 7,
+    warmup: int = 1,
 ) -> dict[int, float]:
     """Median seconds of one (B, 1) forward over a `context`-long cache, for each batch size B."""
     from transformers import AutoModelForCausalLM

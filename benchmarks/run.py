@@ -36,6 +36,7 @@ class BenchOptions:
     extra_request_fields: dict = field(default_factory=dict)
     long_prompt_tokens: int = 2000  # the long-prompt-during-decodes scenario; 0 skips it
     long_decodes: int = 16
+    rounds: int = 1  # turns per system and client count, interleaved across systems
     long_before_s: float = 10.0  # steady-state decoding measured before the long prompt arrives
     cb_max_batch_tokens: int = 256  # transformers_cb's token budget per forward (spul's max_step_tokens: 256)
 
@@ -45,8 +46,8 @@ class BenchOptions:
             raise ValueError(f"unknown suites {unknown}; choose from {list(SUITES)}")
         if self.requests < 1 or self.max_new_tokens < 1 or self.profiles < 1:
             raise ValueError("requests, max_new_tokens and profiles must be >= 1")
-        if self.long_prompt_tokens < 0 or self.long_decodes < 1:
-            raise ValueError("long_prompt_tokens must be >= 0 and long_decodes >= 1")
+        if self.long_prompt_tokens < 0 or self.long_decodes < 1 or self.rounds < 1:
+            raise ValueError("long_prompt_tokens must be >= 0, long_decodes and rounds >= 1")
 
 
 def run_bench(options: BenchOptions) -> dict:
@@ -85,6 +86,7 @@ def _run_in(options: BenchOptions, workdir: Path) -> dict:
             long_prompt_tokens=options.long_prompt_tokens,
             long_decodes=options.long_decodes,
             long_before_s=options.long_before_s,
+            rounds=options.rounds,
             cb_max_batch_tokens=options.cb_max_batch_tokens,
         )
         report["results"], report["long_prompt"] = run_serving(config)

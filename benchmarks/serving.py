@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from spul.benchmarks.bare_server import BARE
-from spul.benchmarks.loadgen import Workload, run_load
+from spul.benchmarks.loadgen import LoadResult, Workload, run_load
 from spul.benchmarks.longprompt import LongPromptConfig, long_prompt_text, run_long_prompt
 from spul.benchmarks.models import BenchModel, query_texts
 from spul.benchmarks.servers import (
@@ -71,6 +71,7 @@ class ServingConfig:
     long_prompt_tokens: int = 2000  # 0: skip the long-prompt scenario
     long_decodes: int = 16
     long_before_s: float = 10.0
+    rounds: int = 1  # each system's run at a client count is split into this many turns, interleaved
     cb_max_batch_tokens: int = 256  # transformers_cb's token budget per forward (spul's max_step_tokens: 256)
     roofline: bool = True
 
@@ -101,7 +102,11 @@ def run_serving(config: ServingConfig) -> tuple[list[dict], list[dict]]:
         for server, system in turns:
             _warm_up(server, config, system)
         for clients in config.clients:
-            rows = [_measure(server, config, system, clients) for server, system in turns]
+            parts: dict[str, list[tuple[LoadResult, dict]]] = {system: [] for _, system in turns}
+            for _ in range(config.rounds):  # ABAB...: load drift on a shared machine hits every system
+                for server, system in turns:
+                    parts[system].append(_measure(server, config, system, clients))
+            rows = [_summary(system, parts[system]) for _, system in turns]
             if config.roofline:
                 _add_roofline(config, rows)
             results += rows
@@ -168,21 +173,44 @@ def _load(server: RunningServer, workload: Workload, *, clients: int, requests: 
     return asyncio.run(run_load(server.url, workload, clients=clients, requests=requests, max_seconds=60.0))
 
 
-def _measure(server: RunningServer, config: ServingConfig, system: str, clients: int) -> dict:
+def _measure(server: RunningServer, config: ServingConfig, system: str, clients: int) -> tuple[LoadResult, dict]:
+    """One turn: the load result and the engine's counter deltas over it ({} for other systems)."""
     workload = workload_for(config, system)
-    requests = max(config.requests, 2 * clients)
+    requests = max(clients, math.ceil(max(config.requests, 2 * clients) / config.rounds))
     if system in SPUL_ENGINES:
         wait_idle(server.url)
-    before = engine_counters(server.url) if system in SPUL_ENGINES else None
+    before = engine_counters(server.url) if system in SPUL_ENGINES else {}
     result = asyncio.run(
-        run_load(server.url, workload, clients=clients, requests=requests, max_seconds=config.max_seconds)
+        run_load(
+            server.url, workload, clients=clients, requests=requests, max_seconds=config.max_seconds / config.rounds
+        )
     )
-    summary = {"system": system, **result.summary()}
-    if before is not None:
-        summary.update(engine_figures(before, engine_counters(server.url)))
-    if result.errors:
-        first = next(r.error for r in result.records if r.error)
-        log.warning("%s at %d clients: %d errors, first: %s", system, clients, result.errors, first)
+    after = engine_counters(server.url) if system in SPUL_ENGINES else {}
+    log.info("%s turn: %s", system, result.summary())
+    return result, {name: after[name] - before.get(name, 0.0) for name in after}
+
+
+def _summary(system: str, parts: list[tuple[LoadResult, dict]]) -> dict:
+    """One row from a system's turns: their requests pooled, wall times and counter deltas summed."""
+    results = [r for r, _ in parts]
+    pooled = LoadResult(
+        results[0].clients,
+        sum(r.wall_s for r in results),
+        [record for r in results for record in r.records],
+        sum(r.unfinished for r in results),
+        sum(r.unfinished_tokens for r in results),
+        tuple(t for r in results for t in r.unfinished_ttfts),
+    )
+    summary = {"system": system, "turns": len(parts), **pooled.summary()}
+    deltas: dict[str, float] = {}
+    for _, delta in parts:
+        for name, value in delta.items():
+            deltas[name] = deltas.get(name, 0.0) + value
+    if deltas:
+        summary.update(engine_figures({}, deltas))
+    if pooled.errors:
+        first = next(r.error for r in pooled.records if r.error)
+        log.warning("%s at %d clients: %d errors, first: %s", system, pooled.clients, pooled.errors, first)
         summary["first_error"] = first
     log.info("%s", summary)
     return summary
@@ -231,7 +259,7 @@ def engine_counters(url: str) -> dict[str, float]:
 def engine_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Mean decode step (ms) and mean rows per decode step over the run, from counter deltas."""
     def delta(name: str) -> float:
-        return after.get(name, math.nan) - before.get(name, math.nan)
+        return after.get(name, math.nan) - before.get(name, 0.0 if name in after else math.nan)
 
     steps = delta("spul_decode_seconds_count")
     if not steps or math.isnan(steps):
@@ -244,14 +272,13 @@ def engine_figures(before: dict[str, float], after: dict[str, float]) -> dict[st
 
 
 def _add_roofline(config: ServingConfig, rows: list[dict]) -> None:
-    """Measure one bare forward at each engine row's mean batch size (and at the client count)."""
+    """Measure one bare forward at each engine row's mean batch size."""
     from spul.benchmarks.roofline import decode_forward_seconds
 
     engine_rows = [r for r in rows if "mean_batch" in r]
     if not engine_rows:
         return
-    clients = rows[0]["clients"]
-    batches = {max(1, round(r["mean_batch"])) for r in engine_rows} | {clients}
+    batches = {max(1, round(r["mean_batch"])) for r in engine_rows}
     context = typical_context(config)
     seconds = decode_forward_seconds(config.model.path, sorted(batches), context=context, threads=config.server_threads)
     for row in engine_rows:
@@ -259,7 +286,6 @@ def _add_roofline(config: ServingConfig, rows: list[dict]) -> None:
         row["roofline_batch"] = batch
         row["roofline_context"] = context
         row["roofline_ms"] = round(seconds[batch] * 1000, 2)
-        row["roofline_at_clients_ms"] = round(seconds[clients] * 1000, 2)
         row["step_vs_roofline"] = round(row["decode_step_ms"] / row["roofline_ms"], 3)
 
 

@@ -191,7 +191,7 @@ def test_spul_bench_serving_every_system_produces_tokens(tiny_model_dir, tmp_pat
     systems = ("spul", "no_profile", "naive", "transformers_cb")
     args = ["bench", "--model", str(tiny_model_dir), "--clients", "1,2", "--requests", "3", "--max-new-tokens", "4",
             "--profiles", "3", "--suites", "serving", "--systems", ",".join(systems), "--long-prompt-tokens", "60",
-            "--long-decodes", "4", "--long-before-seconds", "1", "--json", str(out)]
+            "--long-decodes", "4", "--long-before-seconds", "1", "--rounds", "2", "--json", str(out)]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert {"results", "machine", "model", "settings", "git_revision", "targets", "long_prompt"} <= set(report)
@@ -200,6 +200,7 @@ def test_spul_bench_serving_every_system_produces_tokens(tiny_model_dir, tmp_pat
     for row in rows:
         assert RESULT_KEYS <= set(row)
         assert row["errors"] == 0, row.get("first_error")
+        assert row["turns"] == 2 and row["requests"] >= 2 * row["clients"]  # both turns pooled
         assert row["generated_tokens"] > 0 and row["tokens_per_s"] > 0
         assert row["ttft_p50_ms"] is not None and row["ttft_p50_ms"] <= row["p99_ms"]
         if row["system"] in ("spul", "no_profile"):  # engine figures and the roofline beside them

@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--long-decodes", type=int, default=16)
     p.add_argument(
+        "--rounds", type=int, default=1, help="split each system's run into this many turns, interleaved"
+    )
+    p.add_argument(
         "--long-before-seconds", type=float, default=10.0, help="decoding measured before the long prompt"
     )
     p.add_argument("--suites", default="serving,train_step,profiles")
@@ -95,6 +98,7 @@ def _options(args: argparse.Namespace):
             long_prompt_tokens=args.long_prompt_tokens,
             long_decodes=args.long_decodes,
             long_before_s=args.long_before_seconds,
+            rounds=args.rounds,
         )
     except ValueError as err:
         raise UserError(str(err)) from err
