@@ -9,7 +9,7 @@ time than the transformer itself, while an answer is a few tokens per row.
 - ``row_ce``: cross-entropy summed over each row's answer tokens, (B,).
 - ``kl_sum``: KL(reference || model) summed over answer positions.
 
-Results equal the same losses computed from full logits bit for bit (see ``row_ce``).
+Loss values equal the same losses computed from full logits bit for bit (see ``row_ce``).
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def row_ce(answer: AnswerLogits) -> torch.Tensor:
     """Cross-entropy summed over each row's answer tokens: (B,).
 
     The logits go in as (1, V, N) and the sums run over (B, L-1), the layouts of a cross-entropy
-    over full (B, V, L-1) logits: the result equals that computation bit for bit, so a prompt
-    trained with the same settings and seed is the same prompt as before this module existed.
+    over full (B, V, L-1) logits, so the value equals that computation bit for bit. (Gradients
+    pass through a smaller matrix product than with full logits and may differ in the last bits.)
     """
     token_ce = F.cross_entropy(answer.logits.T[None], answer.target[None], reduction="none")[0]  # (N,)
     return _per_position(token_ce, answer.where).sum(dim=1)  # (B,)
