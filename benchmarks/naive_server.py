@@ -1,9 +1,9 @@
-"""The baseline: the seed code's way of inference behind the same HTTP API as `spul serve`.
+"""The naive baseline: one `generate` call per request, behind the same HTTP API as `spul serve`.
 
 One request at a time, each a full `model.generate(inputs_embeds=[prompt ; embed(query)])`:
 no batching, no prefix cache. Only `POST /v1/generate` and `GET /readyz` exist, which is all
 the load generator needs. Start it with
-``uvicorn benchmarks.naive_server:create_app --factory`` and ``SPUL_NAIVE_MODEL`` /
+``uvicorn spul.benchmarks.naive_server:create_app --factory`` and ``SPUL_NAIVE_MODEL`` /
 ``SPUL_NAIVE_STORE`` in the environment.
 """
 
