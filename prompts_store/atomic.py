@@ -6,12 +6,15 @@ import os
 import tempfile
 from pathlib import Path
 
+FILE_MODE = 0o644  # what `open()` gives under the usual umask: artifacts, models and sidecars alike
+
 
 def write_temp(directory: Path, data: bytes, *, prefix: str = ".tmp-") -> Path:
     """Write `data` to a fsynced temp file inside `directory` (same filesystem as the target)."""
     directory.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would make published files unreadable to others
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

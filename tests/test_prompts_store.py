@@ -327,3 +327,14 @@ def test_old_temp_files_of_killed_writers_are_swept(tmp_path):
     PromptStore(tmp_path)
     assert not old.exists() and fresh.exists()
     assert store.versions("alpha") == [1]
+
+
+def test_atomically_written_files_are_readable_like_their_siblings(tmp_path):
+    from spul.prompts_store.atomic import atomic_write_bytes
+
+    sibling = tmp_path / "config.json"
+    sibling.write_text("{}")
+    target = tmp_path / "model.safetensors"
+    atomic_write_bytes(target, b"weights")
+    assert target.read_bytes() == b"weights"
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -156,3 +156,9 @@ def test_manifest_is_json_with_measured_base_metrics(world):
     assert manifest["format"] == 1 and manifest["seed"] == 3 and manifest["size"] == "small"
     for task in TASKS:
         assert 0.0 <= manifest["base_metrics"][task]["train"] <= 1.0
+
+
+def test_built_model_files_are_all_readable_like_each_other(world):
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (world.dir / "model").iterdir() if p.is_file()}
+    assert "model.safetensors" in modes
+    assert set(modes.values()) == {0o644}, modes

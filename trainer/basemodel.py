@@ -21,6 +21,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -266,6 +267,8 @@ def save_model(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, out)
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    for weights in Path(out).glob("*.safetensors"):
+        weights.chmod(0o644)  # transformers writes weights 0600; readable like the config beside them
 
 
 # ---------------------------------------------------------------- accuracy
