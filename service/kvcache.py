@@ -192,6 +192,11 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: str) -> bool:
+        """Whether `key`'s prefix is cached, without counting a query or touching the LRU order."""
+        with self._lock:
+            return key in self._entries
+
     def get(self, key: str) -> KVBatch | None:
         with self._lock:
             entry = self._entries.get(key)

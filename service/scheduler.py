@@ -299,7 +299,7 @@ class Scheduler:
                 if whole:
                     self._admit(whole)
                 if chunked is not None:
-                    self._start_chunked(chunked, allowance - sum(s.prefill_tokens for s in whole))
+                    self._start_chunked(chunked, allowance - sum(self._prefill_cost(s) for s in whole))
                 if self._active:
                     self._step()
             except Exception as err:  # a bug must fail the rows it touched, never the engine thread
@@ -342,9 +342,10 @@ class Scheduler:
             whole: list[_Sequence] = []
             chunked = None
             for seq in order[:room]:
-                if seq.prefill_tokens <= allowance:
+                cost = self._prefill_cost(seq)
+                if cost <= allowance:
                     whole.append(seq)
-                    allowance -= seq.prefill_tokens
+                    allowance -= cost
                     continue
                 if self._chunked is None and allowance >= MIN_PREFILL_TOKENS:
                     chunked = seq
@@ -355,6 +356,11 @@ class Scheduler:
         for seq in [*whole, *([chunked] if chunked is not None else [])]:
             self.metrics.queue_seconds.observe(now - seq.submitted_at)
         return whole, chunked
+
+    def _prefill_cost(self, seq: _Sequence) -> int:
+        """Positions its prefill computes: the query, plus the soft prompt unless its prefix is cached."""
+        cached = seq.request.handle.sha256 in self.engine.prefix_cache
+        return len(seq.request.token_ids) if cached else seq.prefill_tokens
 
     def _admit(self, newcomers: list[_Sequence]) -> None:
         """Prefill `newcomers` in one batch; if that fails, each alone, so only a bad row fails."""
