@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from spul.assets import REFERENCE_DIR, demo_profiles
 from spul.models import ModelLoadError, load_base_model, pick_device, serving_dtype
 from spul.prompts_store import ArtifactError, PromptStore, model_fingerprint
 from spul.service import settings as settings_module
@@ -43,9 +44,9 @@ class Runtime:
 
 
 def reference_paths() -> tuple[Path, Path]:
-    from spul.assets import REFERENCE_DIR
+    from spul import assets  # looked up now: tests point REFERENCE_DIR elsewhere
 
-    return REFERENCE_DIR / "model", REFERENCE_DIR / "profiles"
+    return assets.REFERENCE_DIR / "model", assets.REFERENCE_DIR / "profiles"
 
 
 def wants_demo_profiles(settings: Settings) -> bool:
@@ -57,18 +58,17 @@ def wants_demo_profiles(settings: Settings) -> bool:
     return settings.store.expanduser().resolve() == default.expanduser().resolve()
 
 
-def seed_reference_profiles(store: PromptStore, profiles_dir: Path) -> None:
-    """First start on the reference model: copy the shipped demo profiles into an empty store."""
-    if store.profiles():
-        return
-    files = sorted(profiles_dir.glob("*.safetensors"))
-    if not files:
-        raise StartupError(
-            f"no demo profiles in {profiles_dir}; reinstall spul-serve or pass --store with trained profiles"
-        )
-    for path in files:
-        store.put(path.stem, path.read_bytes())
-        log.info("seeded demo profile %s into %s", path.stem, store.root)
+def seed_demo_profiles(store: PromptStore, model: str | None) -> None:
+    """Copy the shipped profiles trained for `model` into the store, each one that is not there yet."""
+    files = demo_profiles(model)
+    if model in (None, "reference") and not files:
+        raise StartupError(f"no demo profiles in {REFERENCE_DIR / 'profiles'}; reinstall spul-serve or pass "
+                           "--store with trained profiles")
+    present = set(store.profiles())
+    for profile, path in files.items():
+        if profile not in present:
+            store.put(profile, path.read_bytes())
+            log.info("seeded demo profile %s into %s", profile, store.root)
 
 
 def float32_fingerprint(model_name: str) -> str:
@@ -87,17 +87,17 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     model_name = settings.model
     store = PromptStore(settings.store, max_bytes=settings.max_upload_bytes)
     if model_name in (None, "reference"):  # the shipped model (spul.catalog name) + its demo profiles
-        model_dir, profiles_dir = reference_paths()
+        model_dir, _ = reference_paths()
         if not (model_dir / "config.json").is_file():
             raise StartupError(
                 f"the reference model is missing from {model_dir}; pass --model PATH (a Hugging Face "
                 "model directory) or reinstall spul-serve"
             )
         model_name = str(model_dir)
-        if wants_demo_profiles(settings):
-            seed_reference_profiles(store, profiles_dir)
-        elif not store.profiles():
-            log.info("the store %s is empty; SPUL_DEMO_PROFILES=true copies the demo profiles into it", store.root)
+    if wants_demo_profiles(settings):
+        seed_demo_profiles(store, settings.model)
+    elif not store.profiles() and demo_profiles(settings.model):
+        log.info("the store %s is empty; SPUL_DEMO_PROFILES=true copies the demo profiles into it", store.root)
     gateway = settings.engine == "vllm"  # vLLM runs the model; this process only embeds the tokens
     try:
         device = torch.device("cpu") if gateway else pick_device(settings.device)

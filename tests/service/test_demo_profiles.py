@@ -46,3 +46,19 @@ def test_shipped_profiles_serve_on_a_half_precision_load(tmp_path, dtype):
         done = client.post("/v1/generate", json={"profile": DEMOS[0], "prompt": "### Question : where was vousan born ? "
                                                  "### Answer :", "max_new_tokens": 4})
         assert done.status_code == 200 and done.json()["text"].strip(), done.text
+
+
+def test_each_model_gets_its_own_shipped_profiles_beside_others_in_one_store(tmp_path):
+    from spul.service.runtime import seed_demo_profiles
+
+    store = PromptStore(tmp_path / "store")
+    seed_demo_profiles(store, "reference")
+    seed_demo_profiles(store, "smollm2-135m-instruct")
+    seed_demo_profiles(store, "smollm2-135m-instruct")  # a restart: nothing added twice
+    profiles = store.profiles()
+    assert set(DEMOS) <= set(profiles)
+    real = sorted(set(profiles) - set(DEMOS))
+    assert real == ["knowledge-forget"]
+    assert store.versions("knowledge-forget") == [1]
+    _, artifact = store.get("knowledge-forget")
+    assert artifact.meta.base_model == "smollm2-135m-instruct"
