@@ -167,9 +167,11 @@ def _write_converted(gguf: Path, out: Path, *, source: dict[str, str]) -> None:
     manifest = {**source, "format": "float32 safetensors", "transformers": transformers.__version__,
                 "parameters": sum(t.numel() for t in tensors.values())}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    from spul.prompts_store.atomic import fsync_dir as fsync  # opens read-only and fsyncs: files too
+
     for path in out.iterdir():
         path.chmod(0o644)  # mkstemp-style 0600 files would keep other users of a shared cache out
-        _fsync_file(path)
+        fsync(path)
     out.chmod(0o755)
 
 
@@ -182,7 +184,9 @@ def _publish(tmp: Path, target: Path) -> None:
             raise
         log.info("%s was converted by another process; using it", target)
         return
-    _fsync_dir(target.parent)
+    from spul.prompts_store.atomic import fsync_dir
+
+    fsync_dir(target.parent)
     log.info("cached converted model at %s", target)
 
 
@@ -233,15 +237,3 @@ def _heartbeat(what: str) -> Iterator[None]:
 
 def _slug(stem: str) -> str:
     return re.sub(r"[^a-z0-9.-]+", "-", stem.lower()).strip("-.") or "model"
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)  # a directory fsyncs the same way on POSIX

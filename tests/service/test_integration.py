@@ -10,53 +10,20 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Self
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spul.prompts_store import PromptStore
 from spul.service.app import create_app
-from spul.service.server import uvicorn_config
 from support.artifacts import make_artifact
+from support.liveserver import LiveServer
 from support.server import admin_headers
 
 QUERIES = ["where was alba born ?", "what does brin do", "the film with cora was great", "hello world"]
-
-
-class LiveServer:
-    """The app under uvicorn, configured as `spul serve` configures it, on a loopback port."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn_config(app, app.state.settings, log_level="warning", timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/readyz").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("server did not become ready")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
 
 
 @pytest.fixture
