@@ -26,8 +26,10 @@ from typing import Any, Literal
 import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from spul.benchmarks.naive_server import GenerateRequest  # the same request body as every bench server
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,6 @@ class CBSettings(BaseSettings):
     num_blocks: int = Field(256, ge=1, description="KV pages per layer: num_blocks x page_size tokens in all")
     max_batch_tokens: int = Field(256, ge=1, description="token budget of one forward (prefill is chunked)")
     max_prompt_tokens: int = Field(4096, ge=1)
-
-
-class GenerateRequest(BaseModel):
-    profile: str | None = None
-    prompt: str = Field(min_length=1)
-    max_new_tokens: int = Field(default=16, ge=1, le=1024)
-    temperature: float = Field(default=0.0, ge=0.0)
-    stream: bool = False
 
 
 def load(settings: CBSettings) -> tuple[Any, Any, set[int]]:

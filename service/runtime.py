@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from spul.assets import REFERENCE_DIR, demo_profiles
+from spul.assets import demo_profiles
 from spul.models import ModelLoadError, load_base_model, pick_device, serving_dtype
 from spul.prompts_store import ArtifactError, PromptStore, model_fingerprint
 from spul.service import settings as settings_module
@@ -62,7 +62,7 @@ def seed_demo_profiles(store: PromptStore, model: str | None) -> None:
     """Copy the shipped profiles trained for `model` into the store, each one that is not there yet."""
     files = demo_profiles(model)
     if model in (None, "reference") and not files:
-        raise StartupError(f"no demo profiles in {REFERENCE_DIR / 'profiles'}; reinstall spul-serve or pass "
+        raise StartupError(f"no demo profiles in {reference_paths()[1]}; reinstall spul-serve or pass "
                            "--store with trained profiles")
     present = set(store.profiles())
     for profile, path in files.items():
