@@ -240,7 +240,7 @@ class VllmGateway:
     async def _run(self, request: GenerationRequest, stream: GatewayStream) -> None:
         label = self.metrics.profile_label(request.handle.profile)
         started = time.perf_counter()
-        body = self.body(request)
+        body = await asyncio.to_thread(self.body, request)  # tensor encoding stays off the event loop
         errors: list[str] = []
         for attempt, backend in enumerate(self.ring.usable(request.handle.profile)):
             if attempt:
