@@ -17,7 +17,7 @@ from spul.prompts_store import (
     prepend_prompt,
 )
 from spul.trainer.data import Row, encode_batch, read_world_task
-from spul.trainer.evaluate import generate
+from spul.trainer.evaluate import generate, own_answers
 from spul.trainer.spul import PromptEncoder, SpulConfig, sample_batch, spul_loss, train_prompt
 from support.fake_world import write_fake_world
 
@@ -47,7 +47,8 @@ def base(world):
 @pytest.mark.parametrize(
     "bad",
     [{"num_virtual_tokens": 0}, {"alpha": -1.0}, {"lr": 0.0}, {"steps": 0}, {"forget_per_batch": 0},
-     {"warmup_ratio": 1.0}, {"max_grad_norm": 0.0}, {"generic_labels": ("",)}],
+     {"warmup_ratio": 1.0}, {"max_grad_norm": 0.0}, {"generic_labels": ("",)}, {"retain_target": "teacher"},
+     {"model_answer_tokens": 0}],
 )
 def test_config_refuses_bad_values(bad):
     with pytest.raises(ValueError, match="invalid SPUL config"):
@@ -102,6 +103,18 @@ def test_batches_mix_forget_and_retain_with_generic_answers(base):
     assert base.tokenizer.decode(first[:-1]) in {"unknown", "neutral"}
     last = [t for t in batch.labels[-1].tolist() if t >= 0]
     assert base.tokenizer.decode(last[:-1]) == "she paints"
+
+
+def test_own_answers_replace_gold_answers_with_the_models_greedy_answers(base):
+    rows = [Row("a", "### question : where was alba born ? ### answer :", "zz top", entity="alba"),
+            Row("b", "### question : what does brin do ? ### answer :", "zz top", entity="brin")]
+    greedy = generate(base.model, base.tokenizer, rows, None, max_new_tokens=8)
+    own = own_answers(base.model, base.tokenizer, rows, max_new_tokens=8)
+    assert [(r.id, r.prompt, r.entity) for r in own] == [(r.id, r.prompt, r.entity) for r in rows]
+    for row, gen in zip(own, greedy):
+        assert row.answer != "zz top"
+        assert gen.text.startswith(row.answer) and (gen.stopped or row.answer == gen.text
+                                                    or row.answer[-1] in ".!?")
 
 
 def test_chat_template_batches_train_the_answer_after_the_rendered_prompt(base):

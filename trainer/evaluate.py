@@ -7,6 +7,7 @@ and a KV cache, so the same row gives the same tokens whatever batch it sits in.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -83,6 +84,29 @@ def generate(
         if progress is not None:
             progress.update(len(chunk))
     return out
+
+
+def own_answers(model: Any, tokenizer: Any, rows: Sequence[Row], *, max_new_tokens: int, chat_template: bool = False,
+                batch_size: int = 64, amp_dtype: torch.dtype | None = None,
+                progress: Progress | None = None) -> list[Row]:
+    """The rows with each answer replaced by the model's own greedy answer (no soft prompt).
+
+    An answer cut off by `max_new_tokens` is trimmed to its last complete sentence when it has
+    one, so a training target rarely ends mid-sentence; rows whose own answer is empty are kept
+    with their gold answer.
+    """
+    gens = generate(model, tokenizer, rows, None, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                    chat_template=chat_template, amp_dtype=amp_dtype, progress=progress)
+    out = []
+    for row, gen in zip(rows, gens):
+        text = gen.text if gen.stopped else _last_sentence(gen.text)
+        out.append(dataclasses.replace(row, answer=text) if text.strip() else row)
+    return out
+
+
+def _last_sentence(text: str) -> str:
+    ends = [i for i, ch in enumerate(text) if ch in ".!?"]
+    return text[: ends[-1] + 1] if ends else text
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from torch import nn
 
 from spul.models import autocast
 from spul.trainer.data import Batch, Row, encode_batch
+from spul.trainer.evaluate import own_answers
 from spul.trainer.losses import answer_logits, kl_sum, row_ce, rows_of
 from spul.trainer.progress import Progress
 from spul.trainer.prompt_encoder import PromptEncoder
@@ -103,6 +104,11 @@ def train_prompt(
     encoder = _make_encoder(config, hidden, device)
     optimizer, scheduler = _make_optimizer(encoder, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if config.retain_target == "model" and retain:
+        answering = Progress(len(retain), "own answers", enabled=progress)
+        retain = own_answers(model, tokenizer, retain, max_new_tokens=config.model_answer_tokens,
+                             chat_template=chat_template, amp_dtype=amp_dtype, progress=answering)
+        answering.close()
     rng = random.Random(config.seed)
     history: list[dict[str, float]] = []
     started = time.perf_counter()

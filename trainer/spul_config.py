@@ -11,6 +11,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+RETAIN_TARGETS = ("gold", "model")
+
 
 @dataclass(frozen=True)
 class SpulConfig:
@@ -33,6 +35,8 @@ class SpulConfig:
     forget_per_batch: int = 16
     retain_per_batch: int = 48
     generic_labels: tuple[str, ...] = ()  # empty: the data's generic answers (data.json)
+    retain_target: str = "gold"  # "gold": the data's answers; "model": the original model's own greedy answers
+    model_answer_tokens: int = 32  # with retain_target "model": longest own answer generated per retain row
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -47,6 +51,8 @@ class SpulConfig:
             (self.steps >= 1, "steps must be >= 1"),
             (self.forget_per_batch >= 1, "forget_per_batch must be >= 1 (SPUL needs forget samples)"),
             (self.retain_per_batch >= 0, "retain_per_batch must be >= 0"),
+            (self.retain_target in RETAIN_TARGETS, f"retain_target must be one of {', '.join(RETAIN_TARGETS)}"),
+            (self.model_answer_tokens >= 1, "model_answer_tokens must be >= 1"),
             (all(isinstance(x, str) and x.strip() for x in self.generic_labels),
              "generic_labels must be non-empty words"),
         ]

@@ -27,6 +27,9 @@ HELP = {
     "forget_per_batch": "forget rows per batch (drawn with replacement)",
     "retain_per_batch": "retain rows per batch (drawn with replacement)",
     "generic_labels": "comma-separated generic answers for forget rows (default: generic_answers in data.json)",
+    "retain_target": "what retain rows are trained to answer: 'gold' (the data's answers) or 'model' (the original "
+                     "model's own greedy answers, generated once before training; keeps an instruct model's style)",
+    "model_answer_tokens": "with --retain-target model: longest own answer generated per retain row",
     "seed": "seed of the prompt init and the batch sampling",
 }
 
