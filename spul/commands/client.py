@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ def run_profiles(args: argparse.Namespace) -> int:
     action = args.action or "list"
     if action == "list":
         body = _call(args, "GET", "/admin/profiles")
+        if not body["profiles"]:
+            print(f"no profiles on {_server(args)}: publish one with `spul upload FILE --profile ID`",
+                  file=sys.stderr)
         for row in body["profiles"]:
             state = f"error: {row['error']}" if row["error"] else f"serving v{row['serving_version']}"
             print(f"{row['profile']}\tactive v{row['active_version']}\t{state}\tversions {row['versions']}")
@@ -81,7 +85,7 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no "HTTP Request: ..." line per call
 
-    server = getattr(args, "server", None) or os.environ.get("SPUL_SERVER", DEFAULT_SERVER)
+    server = _server(args)
     token = getattr(args, "token", None) or os.environ.get("SPUL_ADMIN_TOKEN")
     if not token:
         raise UserError("no admin token: pass --token or set SPUL_ADMIN_TOKEN")
@@ -94,6 +98,10 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
     if response.status_code >= 400:
         raise UserError(f"{method} {path} failed ({response.status_code}): {_reason(response)}")
     return response.json() if response.content else None
+
+
+def _server(args: argparse.Namespace) -> str:
+    return getattr(args, "server", None) or os.environ.get("SPUL_SERVER", DEFAULT_SERVER)
 
 
 def _reason(response: Any) -> str:

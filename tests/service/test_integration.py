@@ -247,6 +247,9 @@ def test_admin_cli_client(live, tiny_model, tmp_path, capsys, caplog):
     assert main(["profiles", "show", "delta", "--server", server.url, "--token", "x" * 20]) == 2  # wrong token
     assert "(401): missing or wrong admin bearer token" in capsys.readouterr().err
     assert not [r for r in caplog.records if r.name.startswith("httpx")]  # no line per HTTP call
+    empty = live(store=tmp_path / "empty-store")
+    assert main(["profiles", "list", "--server", empty.url, "--token", ADMIN_TOKEN]) == 0
+    assert f"no profiles on {empty.url}: publish one with `spul upload" in capsys.readouterr().err
     no_admin = live(admin_token=None)
     assert main(["profiles", "list", "--server", no_admin.url, "--token", ADMIN_TOKEN]) == 2
     assert "admin endpoints are disabled on this server: start it with SPUL_ADMIN_TOKEN" in capsys.readouterr().err
