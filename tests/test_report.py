@@ -148,10 +148,13 @@ def test_report_on_users_own_data_skips_retrain_and_says_how_nonmembers_were_cho
     world = write_fake_world(tmp_path / "world")
     data = user_data(world, tmp_path / "data", task="qa", generic_answers=["unknown"])
     out = tmp_path / "out"
-    argv = ["report", "--data", str(data), "--base", str(world / "model"), "--out", str(out), "--quick"]
+    argv = ["report", "--data", str(data), "--base", str(world / "model"), "--out", str(out), "--quick",
+            "--sweep-steps", "0", "--lr-grid", "0.003"]  # budget flags: no sweep, one baseline lr
     assert main([*argv, "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert list(report["results"]) == [m for m in METHOD_ORDER if m != "retrain"]
+    assert report["spul_sweep"] == []
+    assert all([t["lr"] for t in report["method_info"][m]["lr_search"]] == [0.003] for m in ("ga", "rl"))
     assert report["closeness_to_retrain"] == {} and not (out / "retrain-model").exists()
     assert "unknown" in report["mia_nonmembers"]["construction"]
     assert {"key", *report["results"]} <= {p.stem for p in (out / "parts").glob("*.json")}  # each method on disk

@@ -32,8 +32,10 @@ class ReportConfig:
     def __post_init__(self) -> None:
         if not self.lr_grid or any(not 0 < lr < 1 for lr in self.lr_grid):
             raise ValueError("lr_grid must be a non-empty list of learning rates in (0, 1)")
-        if self.sweep_steps < 1 or self.batch_size < 1 or self.lr_retain_sample < 1:
-            raise ValueError("sweep_steps, batch_size and lr_retain_sample must be >= 1")
+        if (self.sweep and self.sweep_steps < 1) or self.batch_size < 1 or self.lr_retain_sample < 1:
+            raise ValueError("sweep_steps (with a sweep), batch_size and lr_retain_sample must be >= 1")
+        if self.baseline_epochs <= 0:
+            raise ValueError("baseline_epochs must be > 0")
         if self.retrain_epochs is not None and self.retrain_epochs < 1:
             raise ValueError("retrain_epochs must be >= 1 (or None for the world's schedule)")
 

@@ -32,20 +32,46 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="reduced budgets (smoke test; numbers not meaningful)"
     )
+    budgets = parser.add_argument_group("budgets (default: sized for the reference world; shrink them for a real LLM)")
+    budgets.add_argument("--lr-grid", type=_lr_list, metavar="LR,LR,...",
+                         help="learning rates tried for each fine-tuning baseline (default: 1e-4,...,5e-3)")
+    budgets.add_argument("--lr-retain-sample", type=int, metavar="N",
+                         help="train_retain rows that score each baseline lr (default 200)")
+    budgets.add_argument("--baseline-epochs", type=float, metavar="E",
+                         help="passes over train_forget per baseline run (default 1, as the paper)")
+    budgets.add_argument("--sweep-steps", type=int, metavar="N",
+                         help="training steps of each extra SPUL (alpha, beta) point; 0 skips the sweep (default 150)")
     _args.add_machine_args(parser)
 
 
+def _lr_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated learning rates, got {text!r}") from None
+
+
 def prepare(args: argparse.Namespace):
-    """Read the data and apply the thread count; returns (data, ReportConfig with the data's SPUL settings)."""
+    """Read the data and apply the thread count; returns (data, ReportConfig: the data's SPUL settings, budget flags)."""
+    import dataclasses
+
+    from spul.errors import UserError
     from spul.trainer.data import EVAL_SPLITS, TRAIN_SPLITS
     from spul.trainer.report import ReportConfig
     from spul.trainer.spul_config import SpulConfig
 
     data = _args.read_data(args, require=TRAIN_SPLITS + EVAL_SPLITS)
     _args.set_threads(args)
-    if args.quick:
-        return data, ReportConfig.quick()
-    return data, ReportConfig(spul=SpulConfig(**dict(data.meta.train)))  # SPUL as `spul train` trains it
+    config = ReportConfig.quick() if args.quick else ReportConfig(spul=SpulConfig(**dict(data.meta.train)))
+    budgets = {"lr_grid": args.lr_grid, "lr_retain_sample": args.lr_retain_sample,
+               "baseline_epochs": args.baseline_epochs, "sweep_steps": args.sweep_steps}
+    budgets = {k: v for k, v in budgets.items() if v is not None}
+    if budgets.get("sweep_steps") == 0:
+        budgets["sweep"] = ()
+    try:
+        return data, dataclasses.replace(config, **budgets)
+    except ValueError as err:
+        raise UserError(f"bad budget: {err}") from err
 
 
 def run(args: argparse.Namespace) -> int:
