@@ -15,14 +15,12 @@ The forget set is entity-defined: every question about 10% of the entities
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from spul.trainer import task_builder
-from spul.trainer.task_builder import PHRASINGS, Item, TaskSpec, kept_by_model, matches, slug
+from spul.trainer.task_builder import PHRASINGS, Item, TaskSpec, matches, slug
 
 # recommended SPUL settings for this task (written to data.json's "train"; see docs/real-llm.md)
 TRAIN_SETTINGS: dict[str, Any] = {
@@ -296,44 +294,13 @@ def candidates() -> list[Item]:
     return items
 
 
-def filter_with_model(model_dir: str, items: Sequence[Item]) -> tuple[list[str], dict[str, str]]:
-    """Ids the original model answers correctly, and every candidate's answer (for the log)."""
-    import torch
-
-    from spul.models import load_base_model
-
-    base = load_base_model(model_dir, device="cpu")
-    torch.set_num_threads(1)
-    return kept_by_model(base.model, base.tokenizer, items, SPEC)
-
-
 def write_task(out: Path, items: Sequence[Item], kept: Sequence[str]) -> dict[str, Any]:
     """Write the knowledge task's data directory (task_builder.write_task with this task's spec)."""
     return task_builder.write_task(out, items, kept, SPEC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spul.trainer.knowledge", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="data directory to write")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="base model directory: keep the questions it answers correctly")
-    source.add_argument("--kept-from", type=Path, help="source.json whose kept_ids to reuse (no model)")
-    source.add_argument("--answers-from", type=Path, help="an --answers-log file to score again (no model)")
-    parser.add_argument("--answers-log", type=Path, help="with --model: write every candidate's answer here")
-    args = parser.parse_args(argv)
-    items = candidates()
-    if args.model:
-        kept, answers = filter_with_model(args.model, items)
-        if args.answers_log:
-            args.answers_log.write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    elif args.answers_from:
-        answers = json.loads(args.answers_from.read_text(encoding="utf-8"))
-        kept = [it.id for it in items if matches(answers[it.id], it.answer)]
-    else:
-        kept = json.loads(args.kept_from.read_text(encoding="utf-8"))["kept_ids"]
-    meta = write_task(args.out, items, kept)
-    print(json.dumps(meta["counts"]))
-    return 0
+    return task_builder.data_main(argv, SPEC, candidates(), description=__doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ in the spec's override instructions. The forget set is entity-defined: every row
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
@@ -170,3 +171,49 @@ def kept_by_model(model: Any, tokenizer: Any, items: Sequence[Item], spec: TaskS
                          chat_template=spec.chat_template)
     kept = [it.id for it, a in zip(items, answers) if matches(a, it.answer, spec.match)]
     return kept, {it.id: a for it, a in zip(items, answers)}
+
+
+def filter_with_model(model_ref: str, items: Sequence[Item], spec: TaskSpec) -> tuple[list[str], dict[str, str]]:
+    """Load `model_ref` (a directory or named model) on the CPU and keep what it answers correctly."""
+    import torch
+
+    from spul.models import load_base_model
+
+    base = load_base_model(model_ref, device="cpu")
+    torch.set_num_threads(1)
+    return kept_by_model(base.model, base.tokenizer, items, spec)
+
+
+# ---------------------------------------------------------------- the `python -m spul.trainer.<task>` command
+def add_data_args(parser: argparse.ArgumentParser, *, model_help: str = "base model (directory or named model)") -> None:
+    """--out, and where the kept ids come from: a model filter, a kept list, or a logged answer file."""
+    parser.add_argument("--out", required=True, type=Path, help="data directory to write")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help=f"{model_help}: keep the rows it answers correctly (slow)")
+    source.add_argument("--kept-from", type=Path, help="source.json whose kept_ids to reuse (no model)")
+    source.add_argument("--answers-from", type=Path, help="an --answers-log file to score again (no model)")
+    parser.add_argument("--answers-log", type=Path, help="with --model: write every candidate's answer here")
+
+
+def write_data(args: argparse.Namespace, items: Sequence[Item], spec: TaskSpec) -> dict[str, Any]:
+    """Run the data command parsed by `add_data_args`: choose the kept ids, write the task, print the counts."""
+    if args.model:
+        kept, answers = filter_with_model(args.model, items, spec)
+        if args.answers_log:
+            args.answers_log.write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    elif args.answers_from:
+        answers = json.loads(args.answers_from.read_text(encoding="utf-8"))
+        kept = [it.id for it in items if matches(answers[it.id], it.answer, spec.match)]
+    else:
+        kept = json.loads(args.kept_from.read_text(encoding="utf-8"))["kept_ids"]
+    source = write_task(args.out, items, kept, spec)
+    print(json.dumps(source["counts"]))
+    return source
+
+
+def data_main(argv: Sequence[str] | None, spec: TaskSpec, items: Sequence[Item], *, description: str) -> int:
+    """`python -m <module> --out DIR (--model M | --kept-from F | --answers-from F)` for a task."""
+    parser = argparse.ArgumentParser(prog=spec.generator, description=description)
+    add_data_args(parser)
+    write_data(parser.parse_args(argv), items, spec)
+    return 0
