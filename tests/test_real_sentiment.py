@@ -1,0 +1,45 @@
+"""The shipped sentiment task (spul/tasks/sentiment/): the data regenerates byte for byte, is
+entity-defined with label answers, and the shipped SmolLM2 profile still
+forgets and retains as recorded (re-evaluated on a subset, no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spul.trainer import sentiment_task
+from spul.trainer.data import read_data
+from spul.trainer.task_builder import matches
+from support.real_tasks import GENERATED, task_dir
+
+TASK_DIR = task_dir(sentiment_task)
+
+
+def test_sentiment_data_regenerates_byte_for_byte(tmp_path: Path) -> None:
+    source = json.loads((TASK_DIR / "source.json").read_text(encoding="utf-8"))
+    assert sentiment_task.main(["--out", str(tmp_path), "--kept-from", str(TASK_DIR / "source.json")]) == 0
+    for name in GENERATED:
+        assert (tmp_path / name).read_bytes() == (TASK_DIR / name).read_bytes(), name
+    assert source["counts"]["candidates"] == len(sentiment_task.candidates())
+
+
+def test_sentiment_data_is_entity_defined_with_label_answers() -> None:
+    data = read_data(TASK_DIR, require=("train_forget", "train_retain", "test_forget", "test_retain"))
+    assert data.meta.match == "contains" and data.meta.chat_template
+    assert data.meta.generic_answers == ("neutral",)
+    forget = set(data.forget_entities)
+    assert forget
+    for split in ("train_forget", "test_forget", "paraphrase"):
+        rows = data.rows(split)
+        assert rows and {r.entity for r in rows} <= forget, split
+    for split in ("train_retain", "test_retain"):
+        assert not {r.entity for r in data.rows(split)} & forget, split
+    for split in ("train_forget", "train_retain", "test_forget", "test_retain", "paraphrase"):
+        assert {r.answer for r in data.rows(split)} <= set(sentiment_task.LABELS), split
+
+
+def test_the_scoring_rule_counts_sentences_naming_the_label() -> None:
+    rule = sentiment_task.SPEC.match
+    for answer in ("Positive.", "The sentiment of this review is positive."):
+        assert matches(answer, "positive", rule), answer
+    assert not matches("neutral", "positive", rule) and not matches("Negative.", "positive", rule)
