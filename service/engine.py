@@ -104,6 +104,8 @@ class Engine:
         self.dtype = self.embed.weight.dtype
         self.layout = AttentionLayout.of(model)
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        # what one forward reads whatever its batch: a decode step is bound by this on CPU
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     @property
     def max_positions(self) -> int | None:

@@ -3,10 +3,17 @@
 Iteration-level (continuous) batching: between two decode steps the engine thread admits
 waiting requests (prefill) and drops finished, cancelled or timed-out ones, so a long
 generation never holds a short one back. Each step runs at most `max_step_tokens` tokens
-(one per running row plus prefill): a long prompt is prefilled in chunks over several steps,
-so it never stalls the running decodes for more than one step's budget. Waiting requests are
+(one per running row plus prefill): a long prompt is prefilled in chunks over several steps.
+While rows decode, a chunk is sized to cost about one decode step (`CHUNK_COST_STEPS`, from
+the measured times of both), so a long prompt at most about doubles the running decodes'
+inter-token latency; with nothing decoding it runs whole budgets. Waiting requests are
 admitted cheapest first (prompt + soft prompt + max_new_tokens), ageing with their wait, so a
 short request does not queue behind many long ones and a long one is not starved.
+
+Running rows are kept in groups, each one left-padded KV batch decoded by one forward. Rows
+join the group whose padding they grow least; a row whose pad columns would cost the others
+more than `GROUP_PAD_FRACTION` of a weight read per step (a long prompt among short ones)
+starts its own group instead, and groups merge again once that is cheap.
 
 `submit` fails at once instead of letting clients hang: `QueueFull` when the queue is full,
 `ContextTooLong` when the request cannot fit the model's positions, `ShuttingDown` once
@@ -17,7 +24,9 @@ that outlives its deadline, ends with an error or timeout event on the asyncio s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +35,7 @@ from typing import Any
 import torch
 
 from spul.service.engine import Engine, PrefillRow
-from spul.service.kvcache import KVBatch, concat_batches
+from spul.service.kvcache import KVBatch, padding_bytes
 from spul.service.metrics import Metrics
 from spul.service.policy import PromptTooLong
 from spul.service.registry import PromptHandle
@@ -36,9 +45,25 @@ from spul.service.textstream import TextTracker
 log = logging.getLogger(__name__)
 
 MIN_PREFILL_TOKENS = 16  # prefill tokens a step may always run, however many rows decode
+CHUNK_COST_STEPS = 1.0  # a prefill chunk run beside decodes may take about this many decode steps' time
+GROUP_PAD_FRACTION = 0.5  # rows join a group if its added pad columns read less than this x the weights
+DECODE_EMA = 0.2  # weight of the newest decode step in the running mean of step time
 AGEING_TOKENS_PER_S = 32.0  # a waiting request's cost drops by this much per second waited
 STREAM_POLL_S = 1.0  # how often a waiting stream checks that the engine thread is alive
 STREAM_GRACE_S = 5.0  # past its deadline, a stream stops waiting for the engine's own timeout event
+
+
+def next_chunk_tokens(tokens: int, seconds: float, target_s: float, *, floor: int, ceiling: int) -> int:
+    """The next prefill chunk's size, given that `tokens` took `seconds` and a chunk should take `target_s`.
+
+    A chunk's time is a fixed weight read plus a cost per token, so scaling by the square root
+    of target / measured approaches the target without overshooting it; `floor` keeps a long
+    prompt moving when even a small chunk costs more than the target, `ceiling` is the budget.
+    """
+    if seconds <= 0 or target_s <= 0:
+        return max(floor, min(tokens, ceiling))
+    size = tokens * math.sqrt(target_s / seconds)
+    return round(min(max(size, floor), ceiling))
 
 
 class QueueFull(Exception):
@@ -183,6 +208,14 @@ class _Sequence:
 
 
 @dataclass
+class _Group:
+    """Running rows decoded by one forward: `batch` row i is `seqs[i]`."""
+
+    seqs: list[_Sequence]
+    batch: KVBatch
+
+
+@dataclass
 class _Chunked:
     """A request whose prompt is being prefilled over several steps."""
 
@@ -212,9 +245,10 @@ class Scheduler:
         self.eos_token_ids = eos_token_ids if eos_token_ids is not None else {tokenizer.eos_token_id}
         self._cond = threading.Condition()
         self._waiting: list[_Sequence] = []
-        self._active: list[_Sequence] = []
-        self._batch: KVBatch | None = None
+        self._groups: list[_Group] = []
         self._chunked: _Chunked | None = None
+        self._decode_s: float | None = None  # running mean of a decode step's seconds
+        self._chunk_tokens = max_step_tokens  # chunk size beside running decodes, adapted to their step time
         self._closing = False  # no new requests
         self._abort = False  # cancel whatever is left and exit
         self._prefix_seen = (0, 0)  # prefix-cache (queries, hits) already exported
@@ -282,6 +316,11 @@ class Scheduler:
         return len(self._waiting) + len(self._active) + (self._chunked is not None)
 
     @property
+    def _active(self) -> list[_Sequence]:
+        """Every running row, group by group."""
+        return [seq for group in self._groups for seq in group.seqs]
+
+    @property
     def alive(self) -> bool:
         """False once the engine thread has stopped (shutdown, or a bug): readiness reports it."""
         return self._thread.is_alive()
@@ -300,26 +339,26 @@ class Scheduler:
                     self._admit(whole)
                 if chunked is not None:
                     self._start_chunked(chunked, allowance - sum(self._prefill_cost(s) for s in whole))
-                if self._active:
+                if self._groups:
                     self._step()
             except Exception as err:  # a bug must fail the rows it touched, never the engine thread
                 log.exception("engine iteration failed")
                 chunked_seq = [self._chunked.seq] if self._chunked is not None else []
                 for seq in [*newcomers, *self._active, *chunked_seq]:
                     self._finish(seq, "error", error=f"engine error: {err}")
-                self._active, self._batch, self._chunked = [], None, None
+                self._groups, self._chunked = [], None
 
     def _wait_for_work(self) -> bool:
         """Block until there is work; False when the thread must exit (everything left is cancelled)."""
         with self._cond:
-            while not self._waiting and not self._active and self._chunked is None and not self._abort:
+            while not self._waiting and not self._groups and self._chunked is None and not self._abort:
                 self._cond.wait(timeout=1.0)
             if self._abort:
                 chunked = [self._chunked.seq] if self._chunked is not None else []
                 for seq in [*self._waiting, *self._active, *chunked]:
                     self._finish(seq, "cancelled")
                 self._waiting.clear()
-                self._active, self._batch, self._chunked = [], None, None
+                self._groups, self._chunked = [], None
                 return False
             expired = [s for s in self._waiting if self._gone(s)]
             self._waiting = [s for s in self._waiting if not self._gone(s)]
@@ -404,8 +443,11 @@ class Scheduler:
         if self._drop_if_gone(part.seq):
             self._chunked = None
             return 0
-        n = min(allowance, part.inputs.shape[0])
+        decoding = bool(self._groups)
+        limit = min(allowance, self._chunk_tokens) if decoding else allowance
+        n = min(limit, part.inputs.shape[0])
         last = n == part.inputs.shape[0]
+        started = time.perf_counter()
         try:
             with self.metrics.prefill_seconds.time():
                 logits, part.past = self.engine.extend(part.past, [part.inputs[:n]], logits=last)
@@ -414,6 +456,8 @@ class Scheduler:
             self._chunked = None
             self._finish(part.seq, "error", error=f"prefill failed: {err}")
             return n
+        if decoding and n == limit:  # a full chunk (the last one is only what is left)
+            self._adapt_chunk(n, time.perf_counter() - started)
         part.inputs = part.inputs[n:]
         if last:
             self._chunked = None
@@ -421,14 +465,47 @@ class Scheduler:
             self._join([part.seq], logits, part.past)
         return n
 
+    def _adapt_chunk(self, tokens: int, seconds: float) -> None:
+        """Resize the next chunks so that one costs about `CHUNK_COST_STEPS` decode steps."""
+        if self._decode_s is not None:
+            self._chunk_tokens = next_chunk_tokens(
+                tokens, seconds, CHUNK_COST_STEPS * self._decode_s, floor=MIN_PREFILL_TOKENS,
+                ceiling=self.max_step_tokens,
+            )
+
     def _join(self, seqs: list[_Sequence], logits: torch.Tensor, batch: KVBatch) -> None:
-        """Prefilled rows join the running batch and get their first token."""
+        """Prefilled rows join a running group and get their first token."""
         for seq in seqs:
             self.metrics.prompt_tokens.labels(seq.label).inc(len(seq.request.token_ids))
-        self._batch = concat_batches([self._batch, batch]) if self._batch is not None else batch
-        self._active.extend(seqs)
+        self._place(_Group(list(seqs), batch))
         self._emit_all(logits, seqs)
         self._export_prefix_cache()
+
+    def _place(self, newcomer: _Group) -> None:
+        """Merge `newcomer` into the group it pads least, or keep it apart if that padding costs more
+        per step than reading part of the weights again (`GROUP_PAD_FRACTION`)."""
+        limit = GROUP_PAD_FRACTION * self.engine.weight_bytes
+        costs = [(padding_bytes([g.batch, newcomer.batch]), i) for i, g in enumerate(self._groups)]
+        if costs and min(costs)[0] <= limit:
+            group = self._groups[min(costs)[1]]
+            group.batch = group.batch.append_rows(newcomer.batch)
+            group.seqs.extend(newcomer.seqs)
+        else:
+            self._groups.append(newcomer)
+
+    def _merge_groups(self) -> None:
+        """Merge groups while some pair pads each other cheaply (after rows have left)."""
+        limit = GROUP_PAD_FRACTION * self.engine.weight_bytes
+        while len(self._groups) > 1:
+            cost, i, j = min(
+                (padding_bytes([a.batch, b.batch]), i, j)
+                for (i, a), (j, b) in itertools.combinations(enumerate(self._groups), 2)
+            )
+            if cost > limit:
+                return
+            a, b = self._groups[i], self._groups[j]
+            rest = [g for k, g in enumerate(self._groups) if k not in (i, j)]
+            self._groups = [*rest, _Group(a.seqs + b.seqs, a.batch.append_rows(b.batch))]
 
     def _row(self, seq: _Sequence) -> PrefillRow:
         handle = seq.request.handle
@@ -443,22 +520,28 @@ class Scheduler:
         self.metrics.prefix_cache_bytes.set(cache.nbytes)
 
     def _step(self) -> None:
+        """One decode step of every running row: one forward per group, each group's tokens sent
+        as soon as its forward is done."""
         self._prune()  # rows that finished at admission (or failed) must not be decoded again
-        if not self._active:
+        if not self._groups:
             return
-        assert self._batch is not None
-        self.metrics.batch_size.observe(len(self._active))
-        self.metrics.running.set(len(self._active))
-        try:
-            with self.metrics.decode_seconds.time():
-                logits, self._batch = self.engine.decode(self._batch, [s.generated[-1] for s in self._active])
-        except Exception as err:
-            log.exception("decode failed")
-            for seq in self._active:
-                self._finish(seq, "error", error=f"decode failed: {err}")
-            self._active, self._batch = [], None
-            return
-        self._emit_all(logits, self._active)
+        rows = len(self._active)
+        self.metrics.batch_size.observe(rows)
+        self.metrics.running.set(rows)
+        seconds = 0.0
+        for group in list(self._groups):
+            started = time.perf_counter()
+            try:
+                logits, group.batch = self.engine.decode(group.batch, [s.generated[-1] for s in group.seqs])
+            except Exception as err:
+                log.exception("decode failed")
+                for seq in group.seqs:
+                    self._finish(seq, "error", error=f"decode failed: {err}")
+                continue
+            seconds += time.perf_counter() - started
+            self._emit_all(logits, group.seqs)
+        self.metrics.decode_seconds.observe(seconds)
+        self._decode_s = seconds if self._decode_s is None else (1 - DECODE_EMA) * self._decode_s + DECODE_EMA * seconds
         self._prune()
 
     def _emit_all(self, logits: torch.Tensor, seqs: list[_Sequence]) -> None:
@@ -498,11 +581,20 @@ class Scheduler:
         for seq in self._active:
             if not seq.finished and self._gone(seq):
                 self._finish(seq, "cancelled" if seq.stream.cancelled.is_set() else "timeout")
-        keep = [i for i, s in enumerate(self._active) if not s.finished]
-        if len(keep) == len(self._active):
+        groups, changed = [], False
+        for group in self._groups:
+            keep = [i for i, s in enumerate(group.seqs) if not s.finished]
+            if len(keep) == len(group.seqs):
+                groups.append(group)
+                continue
+            changed = True
+            if keep:
+                batch, order = group.batch.drop_rows(keep)
+                groups.append(_Group([group.seqs[i] for i in order], batch))
+        if not changed:
             return
-        self._active = [self._active[i] for i in keep]
-        self._batch = self._batch.select(keep) if keep and self._batch is not None else None
+        self._groups = groups
+        self._merge_groups()
         self.metrics.running.set(len(self._active))
 
     def _gone(self, seq: _Sequence) -> bool:

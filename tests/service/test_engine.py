@@ -7,7 +7,7 @@ import torch
 
 from spul.prompts_store import position_ids_from_mask, prepend_prompt
 from spul.service.engine import Engine, PrefillRow
-from spul.service.kvcache import KVBatch, PrefixCache, concat_batches
+from spul.service.kvcache import KVBatch, PrefixCache, concat_batches, padding_bytes
 from spul.trainer.data import encode_batch
 from spul.trainer.evaluate import greedy_ids
 
@@ -155,6 +155,45 @@ def test_kvbatch_select_trims_unused_leading_columns():
     both = concat_batches([short, long])
     assert both.length == 5 and both.mask[0].tolist() == [0, 0, 0, 1, 1]
     assert both.select([0]).length == 2
+
+
+def test_rows_join_and_leave_an_arena_without_changing_the_others(tiny_model, rows):
+    """Rows written into an arena's spare rows, and a row leaving (another moves into its slot),
+    decode exactly as with the copying concat/select, and in place once the arena has room."""
+    engine = Engine(tiny_model[0])
+
+    def run(join, leave) -> tuple[list[torch.Tensor], list[int]]:
+        _, batch = engine.prefill(rows[:2])
+        _, batch = engine.decode(batch, [1, 1])
+        batch = join(batch, engine.prefill(rows[2:3])[1])  # a newcomer joins
+        _, batch = engine.decode(batch, [2, 2, 2])
+        batch, order = leave(batch, [1, 2])  # row 0 leaves
+        outs = []
+        for step in range(3):
+            if step == 1:  # a longer newcomer joins the survivors
+                batch = join(batch, engine.prefill(rows[1:2])[1])
+                order = [*order, 3]
+            logits, batch = engine.decode(batch, [3] * batch.batch_size)
+            outs.append(logits[sorted(range(len(order)), key=order.__getitem__)])  # rows in joining order
+        return outs
+
+    arena = run(lambda b, new: b.append_rows(new), lambda b, keep: b.drop_rows(keep))
+    copied = run(lambda b, new: concat_batches([b, new]), lambda b, keep: (b.select(keep), keep))
+    for a, c in zip(arena, copied, strict=True):
+        torch.testing.assert_close(a, c)
+
+    batch = engine.prefill(rows[:2])[1].append_rows(engine.prefill(rows[2:3])[1])  # now an arena with room
+    storage = batch.keys[0].untyped_storage().data_ptr()
+    batch = batch.append_rows(engine.prefill(rows[3:4])[1])
+    batch, _ = batch.drop_rows([1, 2, 3])
+    _, batch = engine.decode(batch, [1, 1, 1])
+    assert batch.keys[0].untyped_storage().data_ptr() == storage  # joined, left and decoded in place
+
+
+def test_padding_bytes_are_the_bytes_concatenation_adds():
+    batches = [_entry(2), concat_batches([_entry(3), _entry(6)]), _entry(9)]
+    joined = concat_batches(batches)
+    assert padding_bytes(batches) == joined.nbytes() - sum(b.nbytes() for b in batches) > 0
 
 
 def test_prefix_misses_of_different_lengths_are_computed_in_one_pass(tiny_model, rows, expected):

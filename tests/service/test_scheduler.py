@@ -7,6 +7,7 @@ import asyncio
 import pytest
 import torch
 
+from spul.service import scheduler as scheduler_module
 from spul.service.engine import Engine
 from spul.service.metrics import Metrics
 from spul.service.registry import PromptHandle
@@ -18,6 +19,7 @@ from spul.service.scheduler import (
     QueueFull,
     Scheduler,
     ShuttingDown,
+    next_chunk_tokens,
 )
 from spul.service.textstream import TextTracker
 
@@ -246,6 +248,56 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(tiny_model, ha
     assert len(long_req.token_ids) > 40 and together == alone
     assert max(tokens for _, tokens in sizes) <= 24  # no step ran more than its budget
     assert sum(1 for rows, tokens in sizes if tokens > 1) >= 4  # the prompt went in several chunks
+
+
+def test_the_chunk_size_settles_where_a_chunk_takes_the_target_time():
+    fixed, per_token = 0.05, 0.002  # a chunk of n tokens takes fixed + per_token * n seconds
+
+    def settle(target: float, n: int = 256) -> int:
+        for _ in range(30):
+            n = next_chunk_tokens(n, fixed + per_token * n, target, floor=16, ceiling=256)
+        return n
+
+    assert abs(settle(0.15) - 50) <= 2  # 0.05 + 0.002 * 50 = 0.15 s
+    assert abs(settle(0.15, n=16) - 50) <= 2  # from below as from above
+    assert settle(0.01) == 16  # even the floor costs more than the target: the floor keeps it moving
+    assert settle(10.0) == 256  # cheap chunks grow to the whole budget
+
+
+def test_a_long_row_decodes_apart_instead_of_padding_the_short_rows(tiny_model, handles, monkeypatch):
+    # the tiny model's weights are small: padding its rows by a few columns already costs more than a forward
+    monkeypatch.setattr(scheduler_module, "GROUP_PAD_FRACTION", 0.05)
+    model = tiny_model[0]
+    long_req = request(tiny_model, handles[1], " ".join(TEXTS * 8), n=6)
+    shorts = [request(tiny_model, handles[0], "hello", n=30) for _ in range(2)]
+    decodes: list[tuple[int, int]] = []  # (rows, key columns) of every one-token forward
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: decodes.append((kwargs["inputs_embeds"].shape[0], kwargs["attention_mask"].shape[-1]))
+        if kwargs["inputs_embeds"].shape[1] == 1 else None,
+        with_kwargs=True,
+    )
+
+    async def body():
+        alone = (await run_all(scheduler, [long_req]))[0]
+        decodes.clear()
+        streams = [scheduler.submit(r) for r in shorts]
+        for stream in streams:
+            await stream.__anext__()  # both decoding
+        together = (await run_all(scheduler, [long_req]))[0]
+        for stream in streams:
+            async for _ in stream:
+                pass
+        return alone, together
+
+    scheduler = make_scheduler(tiny_model)
+    try:
+        alone, together = asyncio.run(with_scheduler(scheduler, body))
+    finally:
+        hook.remove()
+    long_len = len(long_req.token_ids)
+    assert together == alone
+    assert any(rows == 1 and keys > long_len for rows, keys in decodes)  # the long row decoded on its own
+    assert all(keys < long_len for rows, keys in decodes if rows > 1)  # the short rows were never padded to it
 
 
 def test_prefix_cache_queries_and_hits_are_exported(tiny_model, handles):
