@@ -4,9 +4,11 @@ Iteration-level (continuous) batching: between two decode steps the engine threa
 waiting requests (prefill) and drops finished, cancelled or timed-out ones, so a long
 generation never holds a short one back. Each step runs at most `max_step_tokens` tokens
 (one per running row plus prefill): a long prompt is prefilled in chunks over several steps.
-While rows decode, a chunk is sized to cost about one decode step (`CHUNK_COST_STEPS`, from
-the measured times of both), so a long prompt at most about doubles the running decodes'
-inter-token latency; with nothing decoding it runs whole budgets. Waiting requests are
+While rows decode, a step runs at most one prefill forward beside the decode: either newcomers
+admitted whole or the next chunk (newcomers first, but never twice in a row), and a chunk is
+sized to cost about one decode step (`CHUNK_COST_STEPS`, from the measured times of both), so
+a long prompt costs the running decodes about what admitting a short one does; with nothing
+decoding it runs whole budgets. Waiting requests are
 admitted cheapest first (prompt + soft prompt + max_new_tokens), ageing with their wait, so a
 short request does not queue behind many long ones and a long one is not starved.
 
@@ -249,6 +251,7 @@ class Scheduler:
         self._chunked: _Chunked | None = None
         self._decode_s: float | None = None  # running mean of a decode step's seconds
         self._chunk_tokens = max_step_tokens  # chunk size beside running decodes, adapted to their step time
+        self._chunk_deferred = False  # the last step admitted newcomers instead of running the next chunk
         self._closing = False  # no new requests
         self._abort = False  # cancel whatever is left and exit
         self._prefix_seen = (0, 0)  # prefix-cache (queries, hits) already exported
@@ -332,13 +335,21 @@ class Scheduler:
             try:
                 self._prune()
                 allowance = max(self.max_step_tokens - len(self._active), MIN_PREFILL_TOKENS)
-                allowance -= self._advance_chunked(allowance)
-                whole, chunked = self._pick(allowance)
-                newcomers = [*whole, *([chunked] if chunked is not None else [])]
-                if whole:
-                    self._admit(whole)
-                if chunked is not None:
-                    self._start_chunked(chunked, allowance - sum(self._prefill_cost(s) for s in whole))
+                decoding = bool(self._groups)
+                if decoding and self._chunked is not None and self._chunk_turn(allowance):
+                    self._advance_chunked(allowance)  # this step's one prefill forward
+                    self._chunk_deferred = False
+                else:
+                    if not decoding:  # nothing to stall: the chunk and the newcomers share the budget
+                        allowance -= self._advance_chunked(allowance)
+                    self._chunk_deferred = decoding and self._chunked is not None
+                    whole, chunked = self._pick(allowance)
+                    newcomers = [*whole, *([chunked] if chunked is not None else [])]
+                    if whole:
+                        self._admit(whole)
+                    if chunked is not None:
+                        rest = allowance - sum(self._prefill_cost(s) for s in whole)
+                        self._start_chunked(chunked, rest, advance=not decoding)
                 if self._groups:
                     self._step()
             except Exception as err:  # a bug must fail the rows it touched, never the engine thread
@@ -347,6 +358,19 @@ class Scheduler:
                 for seq in [*newcomers, *self._active, *chunked_seq]:
                     self._finish(seq, "error", error=f"engine error: {err}")
                 self._groups, self._chunked = [], None
+
+    def _chunk_turn(self, allowance: int) -> bool:
+        """While rows decode, a step runs one prefill forward beside them: the chunked prompt's next
+        chunk, unless a waiting request can be admitted whole and the chunk ran last step."""
+        if self._chunk_deferred:
+            return True
+        with self._cond:
+            room = self.max_batch_size - len(self._active) - 1  # the chunked request holds a slot
+            if room <= 0 or not self._waiting:
+                return True
+            now = time.perf_counter()
+            first = min(self._waiting, key=lambda s: s.priority(now))
+        return self._prefill_cost(first) > allowance
 
     def _wait_for_work(self) -> bool:
         """Block until there is work; False when the thread must exit (everything left is cancelled)."""
@@ -422,7 +446,7 @@ class Scheduler:
         with self.metrics.prefill_seconds.time():
             return self.engine.prefill([self._row(s) for s in seqs])
 
-    def _start_chunked(self, seq: _Sequence, allowance: int) -> None:
+    def _start_chunked(self, seq: _Sequence, allowance: int, *, advance: bool = True) -> None:
         if self._drop_if_gone(seq):
             return
         try:
@@ -433,7 +457,8 @@ class Scheduler:
             self._finish(seq, "error", error=f"prefill failed: {err}")
             return
         self._chunked = _Chunked(seq, past, inputs[0])
-        self._advance_chunked(allowance)
+        if advance:
+            self._advance_chunked(allowance)
 
     def _advance_chunked(self, allowance: int) -> int:
         """Run the next chunk (at most `allowance` tokens) of the chunked prefill; returns tokens run."""
