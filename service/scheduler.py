@@ -9,8 +9,10 @@ admitted whole or the next chunk (newcomers first, but never twice in a row), an
 sized to cost about one decode step (`CHUNK_COST_STEPS`, from the measured times of both), so
 a long prompt costs the running decodes about what admitting a short one does; with nothing
 decoding it runs whole budgets. Waiting requests are
-admitted cheapest first (prompt + soft prompt + max_new_tokens), ageing with their wait, so a
-short request does not queue behind many long ones and a long one is not starved.
+admitted by cost class (the power of two of the tokens they compute: uncached prompt + query +
+max_new_tokens), first come first served within a class and ageing with their wait, so a
+short request does not queue behind many long ones, similar requests keep their order and a
+long one is not starved.
 
 Running rows are kept in groups, each one left-padded KV batch decoded by one forward. Rows
 join the group whose padding they grow least; a row whose pad columns would cost the others
@@ -50,7 +52,7 @@ MIN_PREFILL_TOKENS = 16  # prefill tokens a step may always run, however many ro
 CHUNK_COST_STEPS = 1.0  # a prefill chunk run beside decodes may take about this many decode steps' time
 GROUP_PAD_FRACTION = 0.5  # rows join a group if its added pad columns read less than this x the weights
 DECODE_EMA = 0.2  # weight of the newest decode step in the running mean of step time
-AGEING_TOKENS_PER_S = 32.0  # a waiting request's cost drops by this much per second waited
+AGEING_S_PER_CLASS = 2.0  # a waiting request moves up one cost class (a halving of its cost) per this wait
 STREAM_POLL_S = 1.0  # how often a waiting stream checks that the engine thread is alive
 STREAM_GRACE_S = 5.0  # past its deadline, a stream stops waiting for the engine's own timeout event
 
@@ -203,10 +205,13 @@ class _Sequence:
         """Positions its prefill runs: soft prompt + query."""
         return self.request.handle.embeddings.shape[0] + len(self.request.token_ids)
 
-    def priority(self, now: float) -> float:
-        """Lower goes first: the request's token cost, less an allowance for the time it has waited."""
-        cost = self.prefill_tokens + self.request.max_new_tokens
-        return cost - AGEING_TOKENS_PER_S * (now - self.submitted_at)
+    def priority(self, now: float, prefill_cost: int) -> tuple[int, float]:
+        """Lower goes first: the request's cost class (the power of two of the tokens it computes:
+        prefill + max_new_tokens), one class better per `AGEING_S_PER_CLASS` waited; first come,
+        first served within a class, so similar requests keep their order (no time-to-first-token
+        tail from a few tokens' difference) while a short one passes a much longer one."""
+        aged = int((now - self.submitted_at) / AGEING_S_PER_CLASS)
+        return (prefill_cost + self.request.max_new_tokens).bit_length() - aged, self.submitted_at
 
 
 @dataclass
@@ -369,7 +374,7 @@ class Scheduler:
             if room <= 0 or not self._waiting:
                 return True
             now = time.perf_counter()
-            first = min(self._waiting, key=lambda s: s.priority(now))
+            first = min(self._waiting, key=lambda s: s.priority(now, self._prefill_cost(s)))
         return self._prefill_cost(first) > allowance
 
     def _wait_for_work(self) -> bool:
@@ -391,7 +396,7 @@ class Scheduler:
         return True
 
     def _pick(self, allowance: int) -> tuple[list[_Sequence], _Sequence | None]:
-        """Pop waiting requests, cheapest (ageing) first, whose prefill fits `allowance` tokens.
+        """Pop waiting requests in priority order (cost class, ageing, then arrival) whose prefill fits `allowance` tokens.
 
         The first candidate that does not fit is prefilled in chunks instead, when no other
         request is. Returns (requests to prefill whole, in one batch; the request to chunk).
@@ -401,7 +406,7 @@ class Scheduler:
             if room <= 0 or not self._waiting:
                 return [], None
             now = time.perf_counter()
-            order = sorted(self._waiting, key=lambda s: s.priority(now))
+            order = sorted(self._waiting, key=lambda s: s.priority(now, self._prefill_cost(s)))
             whole: list[_Sequence] = []
             chunked = None
             for seq in order[:room]:

@@ -220,6 +220,27 @@ def test_a_short_request_does_not_wait_behind_long_ones(tiny_model, handles):
     assert finished.index("short") <= 1  # right after the long one that held the slot, not last
 
 
+def test_requests_of_similar_cost_are_served_in_arrival_order(tiny_model, handles):
+    scheduler = make_scheduler(tiny_model, max_batch_size=1)
+    holder = request(tiny_model, handles[0], "hello", n=60)
+    first = request(tiny_model, handles[0], "where was alba born", n=8)  # a few tokens more than the next
+    second = request(tiny_model, handles[0], "hello", n=8)
+    assert len(first.token_ids) > len(second.token_ids)
+    finished: list[str] = []
+
+    async def body():
+        async def one(name, req):
+            await run_all(scheduler, [req])
+            finished.append(name)
+
+        hold = asyncio.create_task(one("holder", holder))
+        await asyncio.sleep(0.02)  # the holder takes the only slot
+        await asyncio.gather(hold, one("first", first), one("second", second))
+
+    asyncio.run(with_scheduler(scheduler, body))
+    assert finished == ["holder", "first", "second"]  # not the slightly cheaper one first
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(tiny_model, handles):
     model = tiny_model[0]
     words = " ".join(TEXTS * 6)
