@@ -25,8 +25,11 @@ from spul.trainer import task_builder
 from spul.trainer.task_builder import PHRASINGS, Item, TaskSpec, slug
 
 LABELS = ("positive", "negative")
-# recommended SPUL settings for this task (written to data.json's "train"; see docs/real-llm-sentiment.md)
-TRAIN_SETTINGS: dict[str, Any] = {}
+# the measured SPUL setting of the shipped profile (data.json's "train"; docs/real-llm-sentiment.md)
+TRAIN_SETTINGS: dict[str, Any] = {
+    "num_virtual_tokens": 10, "lr": 0.01, "steps": 60, "alpha": 1.0, "beta": 0.0,
+    "forget_per_batch": 4, "retain_per_batch": 8,
+}
 SPEC = TaskSpec(name="sentiment", generator="python -m spul.trainer.sentiment_task", generic_answers=("neutral",),
                 match="contains", chat_template=True, max_new_tokens=8, forget_fraction=0.1, split_seed=0,
                 train=TRAIN_SETTINGS)
