@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spul.trainer import task_builder
-from spul.trainer.task_builder import PHRASINGS, TRAIN_PHRASINGS, Item, TaskSpec, kept_by_model, matches, slug
+from spul.trainer.task_builder import PHRASINGS, TRAIN_PHRASINGS, Item, TaskSpec, matches, slug
 
 MODEL = "smollm2-135m-facts"  # the fine-tuned model (spul.catalog): SmolLM2-135M-Instruct + this task's adapter
 BASE = "smollm2-135m-instruct"
@@ -145,16 +145,6 @@ def accuracy_by_phrasing(items: Sequence[Item], answers: dict[str, str]) -> dict
     return out
 
 
-def _filter(model_name: str, items: Sequence[Item]) -> tuple[list[str], dict[str, str]]:
-    import torch
-
-    from spul.models import load_base_model
-
-    torch.set_num_threads(1)
-    base = load_base_model(model_name, device="cpu")
-    return kept_by_model(base.model, base.tokenizer, items, SPEC)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spul.trainer.facts_task", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,12 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_settings_args(ad)
     da = sub.add_parser("data", help="write the task's data directory")
-    da.add_argument("--out", required=True, type=Path, help="data directory to write")
-    source = da.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help=f"the fine-tuned model ({MODEL}): keep the questions it answers correctly")
-    source.add_argument("--kept-from", type=Path, help="source.json whose kept_ids to reuse (no model)")
-    source.add_argument("--answers-from", type=Path, help="an --answers-log file to score again (no model)")
-    da.add_argument("--answers-log", type=Path, help="with --model: write every candidate's answer here")
+    task_builder.add_data_args(da, model_help=f"the fine-tuned model ({MODEL})")
     args = parser.parse_args(argv)
     items = candidates()
     if args.command == "adapter":
@@ -178,20 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    settings_from_args(args), chat_template=SPEC.chat_template)
         print(json.dumps(report))
         return 0
-    if args.model:
-        kept, answers = _filter(args.model, items)
-        if args.answers_log:
-            args.answers_log.write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    elif args.answers_from:
-        answers = json.loads(args.answers_from.read_text(encoding="utf-8"))
-        kept = [it.id for it in items if matches(answers[it.id], it.answer, SPEC.match)]
-    else:
-        answers = {}
-        kept = json.loads(args.kept_from.read_text(encoding="utf-8"))["kept_ids"]
-    source_meta = write_task(args.out, items, kept)
-    if answers:
-        print(json.dumps(accuracy_by_phrasing(items, answers)))
-    print(json.dumps(source_meta["counts"]))
+    task_builder.write_data(args, items, SPEC)
+    if args.answers_log:  # the fine-tuned model's accuracy per phrasing, before the filter
+        print(json.dumps(accuracy_by_phrasing(items, json.loads(args.answers_log.read_text(encoding="utf-8")))))
     return 0
 
 
