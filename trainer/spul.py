@@ -105,7 +105,7 @@ def train_prompt(
     optimizer, scheduler = _make_optimizer(encoder, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if config.retain_target == "model" and retain:
-        answering = Progress(len(retain), "own answers", enabled=progress)
+        answering = Progress(len(retain), "own answers", unit="row", enabled=progress)
         retain = own_answers(model, tokenizer, retain, max_new_tokens=config.model_answer_tokens,
                              chat_template=chat_template, amp_dtype=amp_dtype, progress=answering)
         answering.close()
