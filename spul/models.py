@@ -75,6 +75,7 @@ def load_base_model(
     Training keeps float32 weights (autocast handles reduced precision on GPU); the server passes
     its serving dtype.
     """
+    log.info("loading %s (the first load in a process imports transformers: seconds to a minute)", name_or_path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from spul.catalog import NAMES, CatalogError, resolve_model

@@ -421,10 +421,12 @@ def build_world(out: Path, *, size: Literal["default", "small"] = "default", see
     model = train_base_model(draft.corpus, tokenizer, model_config=spec.model, train_config=spec.train,
                              seed=seed, progress=progress)
     save_model(model, tokenizer, out / "model")
+    log.info("base model saved to %s; scoring it on every split (plain and with the forget list as text)",
+             out / "model")
     metrics = evaluate_base(model, tokenizer, draft.splits, draft.forget)
     manifest = _manifest(spec, size, seed, draft, metrics, time.monotonic() - started)
     (out / "world.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    log.info("world %s (size %s, seed %d) built in %.0f s", out, size, seed, manifest["build_seconds"])
+    log.info("reference world (size %s, seed %d) built in %.0f s: %s", size, seed, manifest["build_seconds"], out)
     return out
 
 
