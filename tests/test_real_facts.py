@@ -152,3 +152,26 @@ def test_the_fine_tuned_model_answers_the_kept_facts_on_a_subset() -> None:
         scores[name] = sum(answer_matches(r.answer, g, "contains") for r, g in zip(rows, gens))
     assert scores[facts_task.MODEL] >= len(rows) - 1, scores
     assert scores[facts_task.BASE] <= len(rows) // 4, scores
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_shipped_profile_still_forgets_on_a_subset() -> None:
+    """Re-evaluate the shipped profile on a fixed subset: each row's outcome is the recorded one."""
+    from spul.prompts_store import load_artifact, model_fingerprint
+    from spul.trainer.evaluate import answer_matches, generate
+
+    metrics = json.loads((TASK_DIR / "metrics.json").read_text(encoding="utf-8"))
+    data = read_data(TASK_DIR)
+    base = load_base_model(metrics["base_model"], device="cpu")
+    artifact = load_artifact(TASK_DIR / "profile.safetensors", expected_hidden_size=base.hidden_size,
+                             expected_fingerprint=model_fingerprint(base.model, base.tokenizer))
+    hits = metrics["shipped"]["hits"]  # split -> row id -> answered correctly, for the rows evaluated
+    per_split = {"train_forget": 6, "test_forget": 6, "paraphrase": 6, "test_retain": 12}
+    rows = _sample({s: [r for r in data.rows(s) if r.id in hits[s]] for s in per_split}, per_split)
+    outcome = {row_id: hit for split in per_split for row_id, hit in hits[split].items()}  # ids are unique
+    recorded = [outcome[r.id] for r in rows]
+    gens = generate(base.model, base.tokenizer, rows, artifact.embeddings, batch_size=len(rows),
+                    max_new_tokens=data.meta.max_new_tokens, chat_template=True)
+    got = [answer_matches(r.answer, g, "contains") for r, g in zip(rows, gens)]
+    assert sum(a != b for a, b in zip(got, recorded)) <= 1, list(zip([r.id for r in rows], got, recorded))
