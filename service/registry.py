@@ -26,6 +26,7 @@ from spul.prompts_store import (
 )
 
 log = logging.getLogger(__name__)
+OTHER_MODEL = ("fingerprint_mismatch", "hidden_size_mismatch")  # trained for another base model
 
 
 class UnknownProfile(LookupError):
@@ -107,7 +108,10 @@ class PromptRegistry:
                 except UnknownProfile:
                     continue
                 except (ArtifactError, StoreError, OSError) as err:
-                    log.error("profile %s cannot be applied: %s", profile, err)
+                    if getattr(err, "reason", "") in OTHER_MODEL:  # expected in a store shared by several models
+                        log.warning("profile %s skipped: %s", profile, err)
+                    else:
+                        log.error("profile %s cannot be applied: %s", profile, err)
                     broken[profile] = str(err)
                     continue
                 handles[profile] = handle

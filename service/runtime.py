@@ -107,6 +107,8 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     except ModelLoadError as err:
         raise StartupError(str(err)) from err
     model, tokenizer = base.model, base.tokenizer
+    if fingerprint is None:
+        log.info("fingerprinting %s (hashes every weight: seconds on a CPU)", served_name(model_name))
     engine = None if gateway else Engine(model, prefix_cache_bytes=settings.prefix_cache_bytes)
     identity = ModelIdentity(
         fingerprint=fingerprint or model_fingerprint(model, tokenizer),

@@ -88,3 +88,18 @@ def test_a_stored_artifact_with_unparseable_metadata_is_skipped_at_start(tmp_pat
     with pytest.raises(ArtifactError) as err:  # and an upload of it is a 4xx-class refusal
         registry.upload("nested2", nested_artifact("nested2"))
     assert err.value.reason == "bad_metadata"
+
+
+def test_profiles_for_another_model_are_skipped_with_a_warning_and_broken_ones_are_errors(tmp_path, caplog):
+    """A store shared by several models holds profiles this model cannot use: expected, not an error."""
+    store = PromptStore(tmp_path)
+    store.put("mine", prompt_bytes(1.0))
+    other = artifact_bytes(torch.ones(3, HIDDEN), profile="theirs", base_model="other", base_fingerprint="sha256:" + "ef" * 32)
+    store.put("theirs", other)
+    store.put("wide", prompt_bytes(1e6))  # overflows float16: this model's profile, but broken here
+    with caplog.at_level("WARNING", logger="spul.service.registry"):
+        registry = registry_for(store, torch.float16)
+        registry.refresh()
+    assert registry.loaded() == ["mine"] and set(registry.broken()) == {"theirs", "wide"}
+    levels = {r.getMessage().split()[1]: r.levelname for r in caplog.records}
+    assert levels == {"theirs": "WARNING", "wide": "ERROR"}

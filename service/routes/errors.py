@@ -128,12 +128,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     errors = list(exc.errors())
     parts, first_param = [], None
     for err in errors[:MAX_VALIDATION_ERRORS]:
-        loc = [str(p)[:64] for p in err.get("loc", ()) if p != "body"]
-        where = ".".join(loc)
+        raw = [str(p)[:64] for p in err.get("loc", ())]
+        where = ".".join(p for p in raw if p != "body") or ("body" if raw == ["body"] else "")
         first_param = first_param or where or None
         msg = str(err.get("msg", "invalid value"))
         if err.get("type") == "json_invalid":
             msg = f"the body is not valid JSON ({_ctx_error(err)})"
+        elif err.get("type") == "missing" and where == "body":
+            msg = "this request needs a JSON body (content-type: application/json); see the API table in the README"
         parts.append(f"{where}: {msg}" if where else msg)
     if len(errors) > MAX_VALIDATION_ERRORS:
         parts.append(f"and {len(errors) - MAX_VALIDATION_ERRORS} more")

@@ -101,6 +101,9 @@ def test_upload_activate_delete_take_effect_for_the_next_request(client, tiny_mo
     assert after["version"] == 2 and after["sha256"] == put.json()["sha256"] != before["sha256"]
     shown = client.get("/admin/profiles/alpha", headers=admin_headers()).json()
     assert shown["serving"]["num_virtual_tokens"] == 5 and len(shown["versions"]) == 2
+    no_body = client.post("/admin/profiles/alpha/activate", headers=admin_headers())
+    assert no_body.status_code == 422 and error_of(no_body)["param"] == "body"
+    assert "JSON body" in error_of(no_body)["message"]
     back = client.post("/admin/profiles/alpha/activate", json={"version": 1}, headers=admin_headers())
     assert back.status_code == 200
     assert gen(client, profile="alpha").json() == before
