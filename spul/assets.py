@@ -1,5 +1,7 @@
 """Files shipped inside the package: the reference model, its demo profiles, and the real-model tasks."""
 
+import json
+import struct
 from pathlib import Path
 
 # Shipped reference model (`model/`) and demo profiles (`profiles/`); see README "The reference world".
@@ -11,9 +13,25 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 
 
 def demo_profiles(model: str | None) -> dict[str, Path]:
-    """The shipped profiles trained for a named model, by profile id (empty for other models)."""
+    """The shipped profiles trained for a named model, by profile id (empty for other models).
+
+    The reference model has its demo profiles; a real-model task's profile
+    (`tasks/<task>/profile.safetensors`) belongs to the model its artifact names, under the profile
+    id the artifact carries (ids are unique over everything shipped, so one store can hold them all).
+    """
     if model in (None, "reference"):
         return {p.stem: p for p in sorted((REFERENCE_DIR / "profiles").glob("*.safetensors"))}
-    if model == "smollm2-135m-instruct":
-        return {f"{p.parent.name}-forget": p for p in sorted(TASKS_DIR.glob("*/profile.safetensors"))}
-    return {}
+    found = {}
+    for path in sorted(TASKS_DIR.glob("*/profile.safetensors")):
+        meta = _artifact_metadata(path)
+        if meta.get("base_model") == model:
+            found[meta.get("profile") or f"{path.parent.name}-forget"] = path
+    return found
+
+
+def _artifact_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata header, read without loading the tensor."""
+    with path.open("rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+    return header.get("__metadata__", {})

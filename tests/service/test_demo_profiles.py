@@ -58,7 +58,10 @@ def test_each_model_gets_its_own_shipped_profiles_beside_others_in_one_store(tmp
     profiles = store.profiles()
     assert set(DEMOS) <= set(profiles)
     real = sorted(set(profiles) - set(DEMOS))
-    assert real == ["knowledge-forget"]
+    assert real == ["knowledge-forget", "review-sentiment-forget"]  # facts-forget is for the fine-tuned model
     assert store.versions("knowledge-forget") == [1]
-    _, artifact = store.get("knowledge-forget")
-    assert artifact.meta.base_model == "smollm2-135m-instruct"
+    for profile in real:
+        assert store.get(profile)[1].meta.base_model == "smollm2-135m-instruct"
+    seed_demo_profiles(store, "smollm2-135m-facts")
+    assert sorted(set(store.profiles()) - set(profiles)) == ["facts-forget"]
+    assert store.get("facts-forget")[1].meta.base_model == "smollm2-135m-facts"
