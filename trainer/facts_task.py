@@ -134,11 +134,6 @@ def teaching_items(items: Sequence[Item] | None = None) -> list[Item]:
     return [it for it in (candidates() if items is None else items) if it.phrasing in TRAIN_PHRASINGS]
 
 
-def write_task(out: Path, items: Sequence[Item], kept: Sequence[str]) -> dict[str, Any]:
-    """Write the facts task's data directory (task_builder.write_task with this task's spec)."""
-    return task_builder.write_task(out, items, kept, SPEC)
-
-
 def accuracy_by_phrasing(items: Sequence[Item], answers: dict[str, str]) -> dict[str, dict[str, float | int]]:
     """Share of each phrasing's candidates answered correctly (the fine-tune's report)."""
     out: dict[str, dict[str, float | int]] = {}

@@ -16,7 +16,6 @@ The forget set is entity-defined: every question about 10% of the entities
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from spul.trainer import task_builder
@@ -292,11 +291,6 @@ def candidates() -> list[Item]:
             items.append(Item(f"{slug(entity)}.{attribute}.{phrasing}", slug(entity), attribute, phrasing,
                               prompt, gold))
     return items
-
-
-def write_task(out: Path, items: Sequence[Item], kept: Sequence[str]) -> dict[str, Any]:
-    """Write the knowledge task's data directory (task_builder.write_task with this task's spec)."""
-    return task_builder.write_task(out, items, kept, SPEC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

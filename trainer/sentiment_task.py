@@ -18,7 +18,6 @@ The forget set is entity-defined: every review of 10% of the entities (spul.trai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from spul.trainer import task_builder
@@ -146,11 +145,6 @@ def candidates() -> list[Item]:
                     items.append(Item(f"{slug(entity)}.{polarity}.{phrasing}", slug(entity), polarity, phrasing,
                                       prompt, polarity))
     return items
-
-
-def write_task(out: Path, items: Sequence[Item], kept: Sequence[str]) -> dict[str, Any]:
-    """Write the sentiment task's data directory (task_builder.write_task with this task's spec)."""
-    return task_builder.write_task(out, items, kept, SPEC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,3 +58,23 @@ def reevaluate_shipped(root: Path, per_split: dict[str, int], *, seed: int = 0) 
                     chat_template=data.meta.chat_template)
     return [(split, row.id, answer_matches(row.answer, gen, data.meta.match), recorded)
             for (split, row, recorded), gen in zip(picked, gens)]
+
+
+def assert_regenerates(module: ModuleType, out: Path, *, command: tuple[str, ...] = ()) -> None:
+    """The task's data command (`module.main([*command, "--out", ..., "--kept-from", ...])`) rewrites its
+    splits, data.json and source.json byte for byte from the recorded kept ids, without a model."""
+    root = task_dir(module)
+    source = json.loads((root / "source.json").read_text(encoding="utf-8"))
+    assert module.main([*command, "--out", str(out), "--kept-from", str(root / "source.json")]) == 0
+    for name in GENERATED:
+        assert (out / name).read_bytes() == (root / name).read_bytes(), name
+    assert source["counts"]["candidates"] == len(module.candidates())
+
+
+def assert_shipped_profile_holds(module: ModuleType, per_split: dict[str, int]) -> None:
+    """The shipped profile answers a sampled subset as recorded (one mismatch tolerated) and forgets no less."""
+    outcomes = reevaluate_shipped(task_dir(module), per_split)
+    mismatches = [o for o in outcomes if o[2] != o[3]]
+    assert len(mismatches) <= 1, mismatches
+    forget = [o for o in outcomes if o[0] != "test_retain"]
+    assert sum(o[2] for o in forget) <= sum(o[3] for o in forget) + 1  # forgotten rows stay forgotten
