@@ -88,9 +88,16 @@ def test_world_build_calls_the_builder(monkeypatch, tmp_path, capsys):
     import spul.trainer.world as world_module
 
     calls = []
-    monkeypatch.setattr(world_module, "build_world", lambda out, **kw: calls.append((out, kw)) or out)
+    def fake_build(out, **kw):
+        calls.append((out, kw))
+        out.mkdir()
+        (out / "world.json").write_text('{"model_source": "trained"}')
+        return out
+
+    monkeypatch.setattr(world_module, "build_world", fake_build)
     assert main(["world", "build", "--out", str(tmp_path / "w"), "--size", "small", "--seed", "3"]) == 0
-    assert calls == [(tmp_path / "w", {"size": "small", "seed": 3, "progress": True})]
+    assert calls == [(tmp_path / "w", {"size": "small", "seed": 3, "progress": True, "train_model": False})]
+    assert "a base model trained here" in capsys.readouterr().out
 
 
 def test_unknown_base_model_is_refused(world, tmp_path, capsys):

@@ -116,7 +116,7 @@ def test_full_rebuild_matches_the_manifest(manifest, tmp_path):
 
     world = tmp_path / "world"
     assert main(["world", "build", "--out", str(world), "--size", manifest["world"]["size"],
-                 "--seed", str(manifest["world"]["seed"])]) == 0
+                 "--seed", str(manifest["world"]["seed"]), "--train-model"]) == 0
     for name, entry in manifest["profiles"].items():
         task, cfg = entry["task"], entry["training_config"]
         out = tmp_path / f"{name}.safetensors"
@@ -135,3 +135,22 @@ def test_full_rebuild_matches_the_manifest(manifest, tmp_path):
             for split in SPLITS:
                 assert rebuilt[method][split]["accuracy"] == pytest.approx(
                     entry["eval_metrics"][method][split]["accuracy"], abs=0.02), (name, method, split)
+
+
+def test_world_build_uses_the_shipped_model_for_the_recorded_data(manifest, tmp_path, capsys):
+    from spul.cli import main
+
+    world = tmp_path / "world"
+    assert main(["world", "build", "--out", str(world), "--size", manifest["world"]["size"],
+                 "--seed", str(manifest["world"]["seed"]), "--no-progress"]) == 0
+    assert "shipped reference build" in capsys.readouterr().out
+    built = json.loads((world / "world.json").read_text())
+    assert built["model_source"] == "shipped"
+    weights = world / "model" / "model.safetensors"
+    assert weights.read_bytes() == (REFERENCE_DIR / "model" / "model.safetensors").read_bytes()
+    assert weights.stat().st_mode & 0o777 == 0o644
+    # scored again on the copied model: the recorded base metrics
+    for task, splits in manifest["base_metrics"].items():
+        for split, value in splits.items():
+            if not isinstance(value, dict):
+                assert built["base_metrics"][task][split] == pytest.approx(value, abs=1e-4), (task, split)

@@ -51,6 +51,7 @@ def test_built_world_has_every_split_and_manifest_fields(world):
         assert set(world.base_metrics[task]) >= {"train", "test_retain", "forget_list_as_text"}
     with pytest.raises(ValueError, match="unknown split"):
         world.rows("qa", "validation")
+    assert world.manifest["model_source"] == "trained"  # not the recorded data: nothing shipped to reuse
 
 
 def test_each_task_is_a_data_directory_readable_without_the_world(world):

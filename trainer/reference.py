@@ -41,6 +41,51 @@ def split_digests(world_dir: Path) -> dict[str, dict[str, str]]:
     return out
 
 
+def shipped_build(world_dir: Path, size: str, seed: int, spec: dict[str, Any]) -> Path | None:
+    """The shipped model directory when it is this world's recorded build, else None.
+
+    It is when the world's size and seed are the recorded ones, every data split of
+    ``world_dir`` has the recorded sha256, and every field of ``spec`` (``asdict(WorldSpec)``)
+    equals the recorded spec's. The model is then what training on this data was measured to
+    give; a from-scratch build on another CPU can differ (README "The reference world").
+    """
+    from spul.assets import REFERENCE_DIR
+
+    path = REFERENCE_DIR / "manifest.json"
+    if not path.is_file() or not (REFERENCE_DIR / "model" / "model.safetensors").is_file():
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    recorded = manifest.get("world", {})
+    if (recorded.get("size"), recorded.get("seed")) != (size, seed):
+        return None
+    if split_digests(world_dir) != manifest.get("data_sha256"):
+        return None
+    return REFERENCE_DIR / "model" if _within(spec, recorded.get("spec") or {}) else None
+
+
+def _within(spec: dict[str, Any], recorded: dict[str, Any]) -> bool:
+    """Every key of ``spec`` (nested) is in ``recorded`` with an equal value."""
+    for key, value in spec.items():
+        if key not in recorded:
+            return False
+        other = recorded[key]
+        if isinstance(value, dict):
+            if not isinstance(other, dict) or not _within(value, other):
+                return False
+        elif value != other:
+            return False
+    return True
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    """Copy a model directory's files (``MODEL_FILES`` present in ``src``) into ``dst``, readable (0644)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+            (dst / name).chmod(0o644)
+
+
 def regenerated_data(size: str, seed: int, out: Path) -> Path:
     """Write a world's splits again from its seed (no model training): the data half of a rebuild."""
     from spul.trainer.world import generate, spec_for, write_splits
@@ -56,10 +101,7 @@ def ship(world_dir: Path, artifacts: dict[str, Path], out: Path) -> dict[str, An
 
     world = json.loads((world_dir / "world.json").read_text())
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".ship-"))
-    (staging / "model").mkdir()
-    for name in MODEL_FILES:
-        if (world_dir / "model" / name).is_file():
-            shutil.copy2(world_dir / "model" / name, staging / "model" / name)
+    copy_model(world_dir / "model", staging / "model")
     (staging / "profiles").mkdir()
     profiles = {}
     for task, path in sorted(artifacts.items()):

@@ -5,7 +5,8 @@
     DIR/world.json                    manifest (WorldSpec fields, forget entities, base metrics)
     DIR/data/<task>/                  one data directory per task (docs/data-format.md): data.json and
                                       <split>.jsonl rows {"id", "prompt", "answer", "entity"}
-    DIR/model/                        Hugging Face Llama model dir with the word tokenizer
+    DIR/model/                        Hugging Face Llama model dir with the word tokenizer: the shipped
+                                      reference build when the data is the recorded one, else trained
 
 The world is one producer of the public data format: ``spul train --world W --task T`` is
 ``spul train --data W/data/T`` (data.json names ``../../model`` as the base model).
@@ -409,8 +410,18 @@ def evaluate_base(model, tokenizer, splits: dict, forget: dict[str, list[str]]) 
 
 
 def build_world(out: Path, *, size: Literal["default", "small"] = "default", seed: int = 0,
-                progress: bool = True) -> Path:
-    """Generate a world, train its base model, write ``out`` (see module docstring); returns ``out``."""
+                progress: bool = True, train_model: bool = False) -> Path:
+    """Generate a world, give it a base model, write ``out`` (see module docstring); returns ``out``.
+
+    The model is the shipped reference build when the generated data and spec are the recorded
+    ones (``trainer.reference.shipped_build``), unless ``train_model``; otherwise it is trained
+    from scratch, and its weights then depend on the CPU's kernels (README "The reference world").
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from spul.trainer.reference import copy_model, shipped_build
+
     spec = spec_for(size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -418,19 +429,29 @@ def build_world(out: Path, *, size: Literal["default", "small"] = "default", see
     draft = generate(spec, seed)
     write_splits(out, draft.splits, draft.forget)
     tokenizer = world_tokenizer(draft)
-    model = train_base_model(draft.corpus, tokenizer, model_config=spec.model, train_config=spec.train,
-                             seed=seed, progress=progress)
-    save_model(model, tokenizer, out / "model")
+    shipped = None if train_model else shipped_build(out, size, seed, asdict(spec))
+    if shipped is not None:
+        log.info("the data matches the shipped reference build: copying its base model from %s "
+                 "(--train-model trains one from scratch instead: minutes, and CPU-dependent weights)", shipped)
+        copy_model(shipped, out / "model")
+        model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()
+    else:
+        model = train_base_model(draft.corpus, tokenizer, model_config=spec.model, train_config=spec.train,
+                                 seed=seed, progress=progress)
+        save_model(model, tokenizer, out / "model")
     log.info("base model saved to %s; scoring it on every split (plain and with the forget list as text)",
              out / "model")
     metrics = evaluate_base(model, tokenizer, draft.splits, draft.forget)
-    manifest = _manifest(spec, size, seed, draft, metrics, time.monotonic() - started)
+    source = "shipped" if shipped is not None else "trained"
+    manifest = _manifest(spec, size, seed, draft, metrics, time.monotonic() - started, source)
     (out / "world.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    log.info("reference world (size %s, seed %d) built in %.0f s: %s", size, seed, manifest["build_seconds"], out)
+    log.info("reference world (size %s, seed %d, %s base model) built in %.0f s: %s", size, seed, source,
+             manifest["build_seconds"], out)
     return out
 
 
-def _manifest(spec: WorldSpec, size: str, seed: int, draft: _Draft, metrics: dict, seconds: float) -> dict:
+def _manifest(spec: WorldSpec, size: str, seed: int, draft: _Draft, metrics: dict, seconds: float,
+              model_source: str) -> dict:
     counts = {t: {s: len(rows) for s, rows in by_split.items()} for t, by_split in draft.splits.items()}
     return {
         "format": FORMAT,
@@ -447,6 +468,7 @@ def _manifest(spec: WorldSpec, size: str, seed: int, draft: _Draft, metrics: dic
         "entities": draft.entities,
         "forget_preamble": forget_preamble(["{names}"]),
         "model_dir": "model",
+        "model_source": model_source,  # "shipped": the recorded reference build; "trained": built here
         "spec": asdict(spec),
         "base_metrics": metrics,
         "build_seconds": round(seconds, 1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -16,6 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--size", choices=("default", "small"), default="default",
                        help="'small' builds in seconds, for tests (default: %(default)s)")
     build.add_argument("--seed", type=int, default=0, help="the world is a pure function of the seed")
+    build.add_argument("--train-model", action="store_true",
+                       help="train the base model from scratch even when the data is the shipped reference "
+                       "build's (then the build copies that model in seconds); takes ~10 min on one idle core, "
+                       "and the weights depend on the CPU's kernels (README: The reference world)")
     build.add_argument("--no-progress", action="store_true",
                        help="no progress bar (on a terminal) / progress log lines (otherwise)")
     build.set_defaults(func=run_build)
@@ -26,8 +31,11 @@ def run_build(args: argparse.Namespace) -> int:
     from spul.trainer.world import build_world  # heavy: torch + transformers
 
     try:
-        out = build_world(args.out, size=args.size, seed=args.seed, progress=not args.no_progress)
+        out = build_world(args.out, size=args.size, seed=args.seed, progress=not args.no_progress,
+                          train_model=args.train_model)
     except (ValueError, FileExistsError) as err:
         raise UserError(str(err)) from err
-    print(f"world written to {out}")
+    source = json.loads((out / "world.json").read_text(encoding="utf-8")).get("model_source", "trained")
+    how = "the shipped reference build's base model" if source == "shipped" else "a base model trained here"
+    print(f"world written to {out} ({how})")
     return 0
