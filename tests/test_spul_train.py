@@ -18,7 +18,7 @@ from spul.prompts_store import (
 )
 from spul.trainer.data import Row, encode_batch, read_world_task
 from spul.trainer.evaluate import generate, own_answers
-from spul.trainer.spul import PromptEncoder, SpulConfig, sample_batch, spul_loss, train_prompt
+from spul.trainer.spul import PromptEncoder, SpulConfig, nearest_retain, sample_batch, spul_loss, train_prompt
 from support.fake_world import write_fake_world
 
 
@@ -48,7 +48,7 @@ def base(world):
     "bad",
     [{"num_virtual_tokens": 0}, {"alpha": -1.0}, {"lr": 0.0}, {"steps": 0}, {"forget_per_batch": 0},
      {"warmup_ratio": 1.0}, {"max_grad_norm": 0.0}, {"generic_labels": ("",)}, {"retain_target": "teacher"},
-     {"model_answer_tokens": 0}],
+     {"model_answer_tokens": 0}, {"matched_retain": 1.5}, {"matched_retain": -0.1}],
 )
 def test_config_refuses_bad_values(bad):
     with pytest.raises(ValueError, match="invalid SPUL config"):
@@ -103,6 +103,38 @@ def test_batches_mix_forget_and_retain_with_generic_answers(base):
     assert base.tokenizer.decode(first[:-1]) in {"unknown", "neutral"}
     last = [t for t in batch.labels[-1].tolist() if t >= 0]
     assert base.tokenizer.decode(last[:-1]) == "she paints"
+
+
+def test_nearest_retain_finds_the_same_question_about_other_entities():
+    forget = [Row("f1", "What is the capital of Haiti?", "Port-au-Prince"),
+              Row("f2", "Which nationality was Mozart?", "Austrian")]
+    retain = [Row("r0", "Which nationality was Haydn?", "Austrian"),
+              Row("r1", "What is the capital of Peru?", "Lima"),
+              Row("r2", "Name a famous painter.", "Monet"),
+              Row("r3", "What is the capital of Chile?", "Santiago"),
+              Row("r4", "Which nationality was Bach?", "German")]
+    near = nearest_retain(forget, retain, k=2)
+    assert sorted(near[0]) == [1, 3] and sorted(near[1]) == [0, 4]
+    assert nearest_retain(forget, retain, k=1)[0] == [1, 3]  # ties with the k-th are kept
+
+
+def test_matched_batches_draw_retain_rows_near_the_forget_rows(base):
+    forget = [Row("f", "### question : where was alba born ? ### answer :", "in quellport")]
+    near = Row("n", "### question : where was brin born ? ### answer :", "in quellport")
+    far = [Row(f"x{i}", "### question : what does brin do ? ### answer :", "she paints") for i in range(30)]
+    retain = [*far, near]
+    neighbours = nearest_retain(forget, retain, k=1)
+    assert neighbours == [[30]]
+    cfg = SpulConfig(forget_per_batch=2, retain_per_batch=8, matched_retain=0.5)
+    batch = sample_batch(base.tokenizer, forget, retain, config=cfg, generic_labels=["unknown"],
+                         rng=random.Random(0), neighbours=neighbours)
+    def questions(b):
+        return ["where was brin born" in base.tokenizer.decode(row.tolist()) for row in b.input_ids]
+
+    assert questions(batch)[2:] == [True] * 4 + [False] * 4  # half the retain rows: the forget row's neighbour
+    plain = sample_batch(base.tokenizer, forget, retain, config=SpulConfig(forget_per_batch=2, retain_per_batch=8),
+                         generic_labels=["unknown"], rng=random.Random(0), neighbours=neighbours)
+    assert sum(questions(plain)[2:]) < 4  # without matched_retain the draw is uniform
 
 
 def test_own_answers_replace_gold_answers_with_the_models_greedy_answers(base):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,11 +72,53 @@ def spul_loss(model: Any, prompt: torch.Tensor, batch: Batch, n_forget: int, *, 
 
 
 # ---------------------------------------------------------------- training loop
+NEIGHBOURS = 8  # nearest retain prompts per forget row for matched sampling (more when tied)
+MAX_NEIGHBOURS = 256  # ties kept up to this many
+NEIGHBOUR_POOL = 20_000  # retain rows searched for neighbours (a seeded sample beyond that)
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"\w+", text.lower()))
+
+
+def nearest_retain(forget: Sequence[Row], retain: Sequence[Row], *, k: int = NEIGHBOURS,
+                   seed: int = 0) -> list[list[int]]:
+    """For each forget row, the indices of the retain rows whose prompts share most words with it.
+
+    Similarity is Jaccard overlap of lower-cased word sets, so "What is the capital of Haiti?" is
+    nearest to "What is the capital of Peru?": hard negatives that differ mostly in the entity.
+    The `k` nearest are kept, plus every row tied with the k-th (up to `MAX_NEIGHBOURS`), so one
+    question template's rows are all neighbours of each other.
+    """
+    pool = list(range(len(retain)))
+    if len(pool) > NEIGHBOUR_POOL:
+        pool = sorted(random.Random(seed).sample(pool, NEIGHBOUR_POOL))
+    words = {i: _words(retain[i].prompt) for i in pool}
+    out = []
+    for row in forget:
+        mine = _words(row.prompt)
+        scored = sorted(((len(mine & words[i]) / max(1, len(mine | words[i])), i) for i in pool),
+                        key=lambda t: (-t[0], t[1]))
+        cut = scored[min(k, len(scored)) - 1][0] if scored else 0.0
+        out.append([i for sim, i in scored if sim >= cut][:MAX_NEIGHBOURS])
+    return out
+
+
 def sample_batch(tokenizer: Any, forget: Sequence[Row], retain: Sequence[Row], *, config: SpulConfig,
-                 generic_labels: Sequence[str], rng: random.Random, chat_template: bool = False) -> Batch:
-    """Draw forget and retain rows with replacement; forget rows get a random generic answer."""
-    f_rows = rng.choices(forget, k=config.forget_per_batch)
-    r_rows = rng.choices(retain, k=config.retain_per_batch) if retain and config.retain_per_batch else []
+                 generic_labels: Sequence[str], rng: random.Random, chat_template: bool = False,
+                 neighbours: Sequence[Sequence[int]] | None = None) -> Batch:
+    """Draw forget and retain rows with replacement; forget rows get a random generic answer.
+
+    With `neighbours` (from `nearest_retain`) and `config.matched_retain` > 0, that share of the
+    retain rows is drawn among the drawn forget rows' neighbours, the rest uniformly.
+    """
+    f_idx = rng.choices(range(len(forget)), k=config.forget_per_batch)
+    r_rows: list[Row] = []
+    if retain and config.retain_per_batch:
+        matched = round(config.matched_retain * config.retain_per_batch) if neighbours else 0
+        r_rows = [retain[rng.choice(neighbours[f_idx[j % len(f_idx)]])] for j in range(matched)]
+        r_rows += rng.choices(retain, k=config.retain_per_batch - matched)
+    f_rows = [forget[i] for i in f_idx]
     prompts = [r.prompt for r in f_rows] + [r.prompt for r in r_rows]
     answers = [rng.choice(generic_labels) for _ in f_rows] + [r.answer for r in r_rows]
     return encode_batch(tokenizer, prompts, answers, chat_template=chat_template)
@@ -109,13 +152,14 @@ def train_prompt(
         retain = own_answers(model, tokenizer, retain, max_new_tokens=config.model_answer_tokens,
                              chat_template=chat_template, amp_dtype=amp_dtype, progress=answering)
         answering.close()
+    neighbours = nearest_retain(forget, retain, seed=config.seed) if config.matched_retain and retain else None
     rng = random.Random(config.seed)
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     bar = Progress(config.steps, "spul", enabled=progress)
     for _ in range(config.steps):
         batch = sample_batch(tokenizer, forget, retain, config=config, generic_labels=labels, rng=rng,
-                             chat_template=chat_template).to(device)
+                             chat_template=chat_template, neighbours=neighbours).to(device)
         with autocast(device, amp_dtype):
             terms = spul_loss(model, encoder(), batch, config.forget_per_batch, alpha=config.alpha, beta=config.beta)
         _step(terms.total, encoder, optimizer, scheduler, scaler, config.max_grad_norm)

@@ -37,6 +37,7 @@ class SpulConfig:
     generic_labels: tuple[str, ...] = ()  # empty: the data's generic answers (data.json)
     retain_target: str = "gold"  # "gold": the data's answers; "model": the original model's own greedy answers
     model_answer_tokens: int = 32  # with retain_target "model": longest own answer generated per retain row
+    matched_retain: float = 0.0  # share of each batch's retain rows drawn among the forget rows' nearest retain prompts
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -53,6 +54,7 @@ class SpulConfig:
             (self.retain_per_batch >= 0, "retain_per_batch must be >= 0"),
             (self.retain_target in RETAIN_TARGETS, f"retain_target must be one of {', '.join(RETAIN_TARGETS)}"),
             (self.model_answer_tokens >= 1, "model_answer_tokens must be >= 1"),
+            (0.0 <= self.matched_retain <= 1.0, "matched_retain must be in [0, 1]"),
             (all(isinstance(x, str) and x.strip() for x in self.generic_labels),
              "generic_labels must be non-empty words"),
         ]

@@ -30,6 +30,9 @@ HELP = {
     "retain_target": "what retain rows are trained to answer: 'gold' (the data's answers) or 'model' (the original "
                      "model's own greedy answers, generated once before training; keeps an instruct model's style)",
     "model_answer_tokens": "with --retain-target model: longest own answer generated per retain row",
+    "matched_retain": "share of each batch's retain rows drawn among the retain prompts nearest (word overlap) "
+                      "to the batch's forget prompts: questions that differ from a forget question mostly in "
+                      "its entity, so the prompt learns the entity, not the question type",
     "seed": "seed of the prompt init and the batch sampling",
 }
 
