@@ -12,7 +12,10 @@ decoding it runs whole budgets. Waiting requests are
 admitted by cost class (the power of two of the tokens they compute: uncached prompt + query +
 max_new_tokens), first come first served within a class and ageing with their wait, so a
 short request does not queue behind many long ones, similar requests keep their order and a
-long one is not starved.
+long one is not starved. In a burst (at least as many requests still waiting as rows running)
+a step that admits newcomers skips the decode forward, at most `MAX_DECODE_SKIPS` steps in a
+row: the burst reaches its first tokens sooner, and a running row waits at most that many
+extra steps for its next token.
 
 Running rows are kept in groups, each one left-padded KV batch decoded by one forward. Rows
 join the group whose padding they grow least; a row whose pad columns would cost the others
@@ -52,6 +55,7 @@ MIN_PREFILL_TOKENS = 16  # prefill tokens a step may always run, however many ro
 CHUNK_COST_STEPS = 1.0  # a prefill chunk run beside decodes may take about this many decode steps' time
 GROUP_PAD_FRACTION = 0.5  # rows join a group if its added pad columns read less than this x the weights
 DECODE_EMA = 0.2  # weight of the newest decode step in the running mean of step time
+MAX_DECODE_SKIPS = 2  # a burst's prefills may hold running decodes back for at most this many steps in a row
 AGEING_S_PER_CLASS = 2.0  # a waiting request moves up one cost class (a halving of its cost) per this wait
 STREAM_POLL_S = 1.0  # how often a waiting stream checks that the engine thread is alive
 STREAM_GRACE_S = 5.0  # past its deadline, a stream stops waiting for the engine's own timeout event
@@ -257,6 +261,7 @@ class Scheduler:
         self._decode_s: float | None = None  # running mean of a decode step's seconds
         self._chunk_tokens = max_step_tokens  # chunk size beside running decodes, adapted to their step time
         self._chunk_deferred = False  # the last step admitted newcomers instead of running the next chunk
+        self._decode_skips = 0  # steps in a row whose decode forward waited for a burst's prefills
         self._closing = False  # no new requests
         self._abort = False  # cancel whatever is left and exit
         self._prefix_seen = (0, 0)  # prefix-cache (queries, hits) already exported
@@ -348,6 +353,7 @@ class Scheduler:
                     if not decoding:  # nothing to stall: the chunk and the newcomers share the budget
                         allowance -= self._advance_chunked(allowance)
                     self._chunk_deferred = decoding and self._chunked is not None
+                    running = len(self._active)
                     whole, chunked = self._pick(allowance)
                     newcomers = [*whole, *([chunked] if chunked is not None else [])]
                     if whole:
@@ -355,14 +361,27 @@ class Scheduler:
                     if chunked is not None:
                         rest = allowance - sum(self._prefill_cost(s) for s in whole)
                         self._start_chunked(chunked, rest, advance=not decoding)
+                    if whole and self._burst(running):
+                        self._decode_skips += 1
+                        continue  # the next step admits more of the burst before anyone decodes
                 if self._groups:
                     self._step()
+                self._decode_skips = 0
             except Exception as err:  # a bug must fail the rows it touched, never the engine thread
                 log.exception("engine iteration failed")
                 chunked_seq = [self._chunked.seq] if self._chunked is not None else []
                 for seq in [*newcomers, *self._active, *chunked_seq]:
                     self._finish(seq, "error", error=f"engine error: {err}")
                 self._groups, self._chunked = [], None
+
+    def _burst(self, running: int) -> bool:
+        """Whether the decode forward may wait a step: at least as many requests still wait as rows
+        ran before this step's admissions, there is room for them, and the last `MAX_DECODE_SKIPS`
+        steps did not all skip it already."""
+        with self._cond:
+            waiting = len(self._waiting)
+        room = self.max_batch_size - len(self._active) - (self._chunked is not None)
+        return self._decode_skips < MAX_DECODE_SKIPS and room > 0 and waiting > 0 and waiting >= running
 
     def _chunk_turn(self, allowance: int) -> bool:
         """While rows decode, a step runs one prefill forward beside them: the chunked prompt's next

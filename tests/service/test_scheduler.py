@@ -271,6 +271,39 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(tiny_model, ha
     assert sum(1 for rows, tokens in sizes if tokens > 1) >= 4  # the prompt went in several chunks
 
 
+def test_a_burst_is_admitted_before_its_first_rows_decode_again(tiny_model, handles):
+    model = tiny_model[0]
+    reqs = [request(tiny_model, handles[0], text, n=6) for text in TEXTS * 4]  # 16 requests at once
+    forwards: list[int] = []  # tokens per row of every forward: 1 is a decode step
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: forwards.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    scheduler = make_scheduler(tiny_model, max_step_tokens=16)  # a few newcomers per step
+
+    async def body():
+        streams = [scheduler.submit(r) for r in reqs]  # all queued before the engine's first step
+        scheduler.start()
+        try:
+            return [[e async for e in stream] for stream in streams]
+        finally:
+            await scheduler.shutdown(grace_s=1.0)
+
+    try:
+        events = asyncio.run(body())
+    finally:
+        hook.remove()
+    assert all(ev[-1].finish_reason == "length" and ev[-1].completion_tokens == 6 for ev in events)
+    runs, run = [], 0  # lengths of the runs of prefill forwards between two decode steps
+    for tokens in forwards:
+        run = run + 1 if tokens > 1 else 0
+        runs.append(run)
+    assert sum(1 for tokens in forwards if tokens > 1) >= 5  # the burst took several steps
+    # it went in back to back (a prefix-cache fill, then steps that skip the decode)...
+    assert max(runs) >= 3
+    # ...but never more than MAX_DECODE_SKIPS steps in a row keep the running rows from decoding
+    assert max(runs) <= scheduler_module.MAX_DECODE_SKIPS + 2
+
+
 def test_the_chunk_size_settles_where_a_chunk_takes_the_target_time():
     fixed, per_token = 0.05, 0.002  # a chunk of n tokens takes fixed + per_token * n seconds
 
