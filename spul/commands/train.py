@@ -31,8 +31,8 @@ HELP = {
                      "model's own greedy answers, generated once before training; keeps an instruct model's style)",
     "model_answer_tokens": "with --retain-target model: longest own answer generated per retain row",
     "matched_retain": "share of each batch's retain rows drawn among the retain prompts nearest (word overlap) "
-                      "to the batch's forget prompts: questions that differ from a forget question mostly in "
-                      "its entity, so the prompt learns the entity, not the question type",
+                      "to the batch's forget prompts, i.e. the same questions about other entities (hard "
+                      "negatives; on the knowledge task 0.5 forgot less at the same retain: docs/real-llm.md)",
     "seed": "seed of the prompt init and the batch sampling",
 }
 
