@@ -23,7 +23,7 @@ from spul.trainer.task_builder import PHRASINGS, Item, TaskSpec, matches, slug
 
 # recommended SPUL settings for this task (written to data.json's "train"; see docs/real-llm.md)
 TRAIN_SETTINGS: dict[str, Any] = {
-    "num_virtual_tokens": 10, "lr": 0.003, "steps": 60, "alpha": 1.0, "beta": 0.0,
+    "num_virtual_tokens": 10, "lr": 0.003, "steps": 240, "alpha": 1.0, "beta": 0.0,
     "forget_per_batch": 4, "retain_per_batch": 16, "retain_target": "model", "model_answer_tokens": 24,
 }
 SPEC = TaskSpec(name="knowledge", generator="python -m spul.trainer.knowledge", generic_answers=("I don't know.",),
