@@ -1,7 +1,5 @@
 """Files shipped inside the package: the reference model, its demo profiles, and the real-model tasks."""
 
-import json
-import struct
 from pathlib import Path
 
 # Shipped reference model (`model/`) and demo profiles (`profiles/`); see README "The reference world".
@@ -21,17 +19,11 @@ def demo_profiles(model: str | None) -> dict[str, Path]:
     """
     if model in (None, "reference"):
         return {p.stem: p for p in sorted((REFERENCE_DIR / "profiles").glob("*.safetensors"))}
+    from spul.prompts_store import load_artifact  # torch: only when a real model's profiles are wanted
+
     found = {}
     for path in sorted(TASKS_DIR.glob("*/profile.safetensors")):
-        meta = _artifact_metadata(path)
-        if meta.get("base_model") == model:
-            found[meta.get("profile") or f"{path.parent.name}-forget"] = path
+        meta = load_artifact(path).meta  # a few KB: checked like any artifact
+        if meta.base_model == model:
+            found[meta.profile or f"{path.parent.name}-forget"] = path
     return found
-
-
-def _artifact_metadata(path: Path) -> dict[str, str]:
-    """A safetensors file's metadata header, read without loading the tensor."""
-    with path.open("rb") as f:
-        size = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(size))
-    return header.get("__metadata__", {})

@@ -91,7 +91,7 @@ def test_world_build_calls_the_builder(monkeypatch, tmp_path, capsys):
     def fake_build(out, **kw):
         calls.append((out, kw))
         out.mkdir()
-        (out / "world.json").write_text('{"model_source": "trained"}')
+        (out / "world.json").write_text(json.dumps({"format": world_module.FORMAT, "model_source": "trained"}))
         return out
 
     monkeypatch.setattr(world_module, "build_world", fake_build)

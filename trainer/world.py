@@ -417,9 +417,7 @@ def build_world(out: Path, *, size: Literal["default", "small"] = "default", see
     ones (``trainer.reference.shipped_build``), unless ``train_model``; otherwise it is trained
     from scratch, and its weights then depend on the CPU's kernels (README "The reference world").
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
+    from spul.models import load_base_model
     from spul.trainer.reference import copy_model, shipped_build
 
     spec = spec_for(size)
@@ -434,7 +432,7 @@ def build_world(out: Path, *, size: Literal["default", "small"] = "default", see
         log.info("the data matches the shipped reference build: copying its base model from %s "
                  "(--train-model trains one from scratch instead: minutes, and CPU-dependent weights)", shipped)
         copy_model(shipped, out / "model")
-        model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()
+        model = load_base_model(out / "model", device="cpu").model
     else:
         model = train_base_model(draft.corpus, tokenizer, model_config=spec.model, train_config=spec.train,
                                  seed=seed, progress=progress)

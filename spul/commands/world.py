@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -28,14 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from spul.errors import UserError
-    from spul.trainer.world import build_world  # heavy: torch + transformers
+    from spul.trainer.world import build_world, load_world  # heavy: torch + transformers
 
     try:
         out = build_world(args.out, size=args.size, seed=args.seed, progress=not args.no_progress,
                           train_model=args.train_model)
     except (ValueError, FileExistsError) as err:
         raise UserError(str(err)) from err
-    source = json.loads((out / "world.json").read_text(encoding="utf-8")).get("model_source", "trained")
+    source = load_world(out).manifest.get("model_source", "trained")
     how = "the shipped reference build's base model" if source == "shipped" else "a base model trained here"
     print(f"world written to {out} ({how})")
     return 0
