@@ -6,7 +6,8 @@ generation never holds a short one back. Each step runs at most `max_step_tokens
 (one per running row plus prefill): a long prompt is prefilled in chunks over several steps.
 While rows decode, a step runs at most one prefill forward beside the decode: either newcomers
 admitted whole or the next chunk (newcomers first, but never twice in a row), and a chunk is
-sized to cost about one decode step (`CHUNK_COST_STEPS`, from the measured times of both), so
+sized to cost about one decode step (`CHUNK_COST_STEPS`, from the measured times of both; the
+first, before any chunk was timed, has as many tokens as rows decode), so
 a long prompt costs the running decodes about what admitting a short one does; with nothing
 decoding it runs whole budgets. Waiting requests are
 admitted by cost class (the power of two of the tokens they compute: uncached prompt + query +
@@ -259,7 +260,7 @@ class Scheduler:
         self._groups: list[_Group] = []
         self._chunked: _Chunked | None = None
         self._decode_s: float | None = None  # running mean of a decode step's seconds
-        self._chunk_tokens = max_step_tokens  # chunk size beside running decodes, adapted to their step time
+        self._chunk_tokens: int | None = None  # chunk size beside running decodes, adapted to their step time
         self._chunk_deferred = False  # the last step admitted newcomers instead of running the next chunk
         self._decode_skips = 0  # steps in a row whose decode forward waited for a burst's prefills
         self._closing = False  # no new requests
@@ -467,8 +468,21 @@ class Scheduler:
         self._join(live, logits, batch)
 
     def _prefill(self, seqs: list[_Sequence]) -> tuple[torch.Tensor, KVBatch]:
+        started = time.perf_counter()
         with self.metrics.prefill_seconds.time():
-            return self.engine.prefill([self._row(s) for s in seqs])
+            result = self.engine.prefill([self._row(s) for s in seqs])
+        if log.isEnabledFor(logging.DEBUG):
+            costs = [self._prefill_cost(s) for s in seqs]
+            self._trace("prefill", started, rows=len(seqs), tokens=sum(costs), padded=len(seqs) * max(costs))
+        return result
+
+    def _trace(self, kind: str, started: float, **figures: int) -> None:
+        """One debug line per forward (`spul -v serve`): what ran, how long, what was left waiting."""
+        with self._cond:
+            waiting = len(self._waiting)
+        shown = " ".join(f"{k}={v}" for k, v in figures.items())
+        log.debug("step %s %s ms=%.1f running=%d waiting=%d", kind, shown, 1000 * (time.perf_counter() - started),
+                  len(self._active), waiting)
 
     def _start_chunked(self, seq: _Sequence, allowance: int, *, advance: bool = True) -> None:
         if self._drop_if_gone(seq):
@@ -493,7 +507,8 @@ class Scheduler:
             self._chunked = None
             return 0
         decoding = bool(self._groups)
-        limit = min(allowance, self._chunk_tokens) if decoding else allowance
+        limit = min(allowance, self._first_chunk() if self._chunk_tokens is None else self._chunk_tokens)
+        limit = limit if decoding else allowance
         n = min(limit, part.inputs.shape[0])
         last = n == part.inputs.shape[0]
         started = time.perf_counter()
@@ -507,12 +522,20 @@ class Scheduler:
             return n
         if decoding and n == limit:  # a full chunk (the last one is only what is left)
             self._adapt_chunk(n, time.perf_counter() - started)
+        if log.isEnabledFor(logging.DEBUG):
+            self._trace("chunk", started, tokens=n, left=part.inputs.shape[0] - n)
         part.inputs = part.inputs[n:]
         if last:
             self._chunked = None
             assert logits is not None
             self._join([part.seq], logits, part.past)
         return n
+
+    def _first_chunk(self) -> int:
+        """The first chunk beside running decodes, before any chunk was timed: as many tokens as rows
+        decode. Both forwards then multiply the same weights by about as many tokens, so the chunk
+        costs about one decode step; `_adapt_chunk` corrects it from there."""
+        return max(MIN_PREFILL_TOKENS, len(self._active))
 
     def _adapt_chunk(self, tokens: int, seconds: float) -> None:
         """Resize the next chunks so that one costs about `CHUNK_COST_STEPS` decode steps."""
@@ -590,6 +613,9 @@ class Scheduler:
             seconds += time.perf_counter() - started
             self._emit_all(logits, group.seqs)
         self.metrics.decode_seconds.observe(seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            self._trace("decode", time.perf_counter() - seconds, rows=rows, groups=len(self._groups),
+                        skipped=self._decode_skips)
         self._decode_s = seconds if self._decode_s is None else (1 - DECODE_EMA) * self._decode_s + DECODE_EMA * seconds
         self._prune()
 

@@ -271,6 +271,39 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(tiny_model, ha
     assert sum(1 for rows, tokens in sizes if tokens > 1) >= 4  # the prompt went in several chunks
 
 
+def test_the_first_chunk_beside_decodes_is_as_small_as_a_decode_step(tiny_model, handles):
+    model = tiny_model[0]
+    long_req = request(tiny_model, handles[1], " ".join(TEXTS * 6), n=4)
+    running = [request(tiny_model, handles[0], text, n=60) for text in TEXTS[:2]]
+    sizes: list[int] = []  # tokens per row of every forward
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+
+    async def body():
+        alone = (await run_all(scheduler, [long_req]))[0]
+        streams = [scheduler.submit(r) for r in running]
+        for stream in streams:
+            await stream.__anext__()  # both decoding
+        sizes.clear()
+        together = await run_all(scheduler, [long_req])
+        for stream in streams:
+            async for _ in stream:
+                pass
+        return alone, together[0]
+
+    scheduler = make_scheduler(tiny_model, max_step_tokens=64)  # chunks of up to 62 tokens beside 2 decodes
+    try:
+        alone, together = asyncio.run(with_scheduler(scheduler, body))
+    finally:
+        hook.remove()
+    chunks = [tokens for tokens in sizes if tokens > 1]
+    assert together == alone and len(long_req.token_ids) > 2 * scheduler_module.MIN_PREFILL_TOKENS
+    # no chunk was timed yet: the first is sized like the decode step beside it, not like the budget
+    assert chunks[0] <= scheduler_module.MIN_PREFILL_TOKENS
+    assert len(chunks) >= 2
+
+
 def test_a_burst_is_admitted_before_its_first_rows_decode_again(tiny_model, handles):
     model = tiny_model[0]
     reqs = [request(tiny_model, handles[0], text, n=6) for text in TEXTS * 4]  # 16 requests at once
