@@ -418,8 +418,10 @@ class Scheduler:
     def _pick(self, allowance: int) -> tuple[list[_Sequence], _Sequence | None]:
         """Pop waiting requests in priority order (cost class, ageing, then arrival) whose prefill fits `allowance` tokens.
 
-        The first candidate that does not fit is prefilled in chunks instead, when no other
-        request is. Returns (requests to prefill whole, in one batch; the request to chunk).
+        A prompt counts once per batch: rows after the first of a profile find its prefix cached.
+        The first candidate that does not fit waits for the next step, unless it is longer than
+        this whole step's allowance: then it is prefilled in chunks, when no other request is.
+        Returns (requests to prefill whole, in one batch; the request to chunk).
         """
         with self._cond:
             room = self.max_batch_size - len(self._active) - (self._chunked is not None)
@@ -428,15 +430,18 @@ class Scheduler:
             now = time.perf_counter()
             order = sorted(self._waiting, key=lambda s: s.priority(now, self._prefill_cost(s)))
             whole: list[_Sequence] = []
+            computed: set[str] = set()  # prompts this batch computes: its later rows find them cached
             chunked = None
+            budget = allowance
             for seq in order[:room]:
-                cost = self._prefill_cost(seq)
+                cost = self._prefill_cost(seq, computed)
                 if cost <= allowance:
                     whole.append(seq)
                     allowance -= cost
+                    computed.add(seq.request.handle.sha256)
                     continue
-                if self._chunked is None and allowance >= MIN_PREFILL_TOKENS:
-                    chunked = seq
+                if self._chunked is None and cost > budget and allowance >= MIN_PREFILL_TOKENS:
+                    chunked = seq  # too long for any step: it goes in chunks (one that fits a step waits)
                 break
             taken = {id(s) for s in whole} | ({id(chunked)} if chunked is not None else set())
             self._waiting = [s for s in self._waiting if id(s) not in taken]
@@ -445,9 +450,11 @@ class Scheduler:
             self.metrics.queue_seconds.observe(now - seq.submitted_at)
         return whole, chunked
 
-    def _prefill_cost(self, seq: _Sequence) -> int:
-        """Positions its prefill computes: the query, plus the soft prompt unless its prefix is cached."""
-        cached = seq.request.handle.sha256 in self.engine.prefix_cache
+    def _prefill_cost(self, seq: _Sequence, computed: set[str] = frozenset()) -> int:  # type: ignore[assignment]
+        """Positions its prefill computes: the query, plus the soft prompt unless its prefix is cached
+        (or in `computed`, the prompts that the same prefill batch computes once for all its rows)."""
+        cache, key = self.engine.prefix_cache, seq.request.handle.sha256
+        cached = key in cache or (cache.enabled and key in computed)
         return len(seq.request.token_ids) if cached else seq.prefill_tokens
 
     def _admit(self, newcomers: list[_Sequence]) -> None:

@@ -304,6 +304,37 @@ def test_the_first_chunk_beside_decodes_is_as_small_as_a_decode_step(tiny_model,
     assert len(chunks) >= 2
 
 
+def test_a_new_profile_counts_once_when_its_requests_arrive_together(tiny_model):
+    model, tokenizer = tiny_model
+    prompt = torch.randn(12, model.config.hidden_size, generator=torch.Generator().manual_seed(5))
+    handle = PromptHandle("fresh", 1, "sha-fresh", prompt)  # not in the prefix cache yet
+    reqs = [request(tiny_model, handle, "hello world", n=3) for _ in range(4)]
+    query = len(reqs[0].token_ids)
+    budget = 12 + 4 * query  # the prompt once and every query fit; the prompt four times do not
+    assert 4 * (12 + query) > budget
+    inputs: list[int] = []  # rows of every forward that ran more than one token per row
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: inputs.append(kwargs["inputs_embeds"].shape[0])
+        if kwargs["inputs_embeds"].shape[1] > 1 else None, with_kwargs=True
+    )
+    scheduler = make_scheduler(tiny_model, max_step_tokens=budget)
+
+    async def body():
+        streams = [scheduler.submit(r) for r in reqs]  # all waiting before the engine's first step
+        scheduler.start()
+        try:
+            return [[e async for e in stream] for stream in streams]
+        finally:
+            await scheduler.shutdown(grace_s=1.0)
+
+    try:
+        events = asyncio.run(body())
+    finally:
+        hook.remove()
+    assert all(ev[-1].finish_reason == "length" for ev in events)
+    assert inputs == [1, 4]  # the prompt's prefix once, then all four queries in one prefill
+
+
 def test_a_burst_is_admitted_before_its_first_rows_decode_again(tiny_model, handles):
     model = tiny_model[0]
     reqs = [request(tiny_model, handles[0], text, n=6) for text in TEXTS * 4]  # 16 requests at once
