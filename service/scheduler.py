@@ -13,10 +13,12 @@ decoding it runs whole budgets. Waiting requests are
 admitted by cost class (the power of two of the tokens they compute: uncached prompt + query +
 max_new_tokens), first come first served within a class and ageing with their wait, so a
 short request does not queue behind many long ones, similar requests keep their order and a
-long one is not starved. In a burst (at least as many requests still waiting as rows running)
-a step that admits newcomers skips the decode forward, at most `MAX_DECODE_SKIPS` steps in a
-row: the burst reaches its first tokens sooner, and a running row waits at most that many
-extra steps for its next token.
+long one is not starved. In a burst (at least as many requests still waiting as rows running,
+or a rest that the next step admits whole) a step that admits newcomers skips the decode
+forward, at most `MAX_DECODE_SKIPS` steps in a row: the burst reaches its first tokens sooner,
+and a running row waits at most that many extra steps for its next token. An idle engine
+woken by an arrival waits a few milliseconds while more arrive (`_coalesce`), so a burst that
+reaches the queue over HTTP is not split into a lone first prefill and the rest.
 
 Running rows are kept in groups, each one left-padded KV batch decoded by one forward. Rows
 join the group whose padding they grow least; a row whose pad columns would cost the others
@@ -56,6 +58,9 @@ MIN_PREFILL_TOKENS = 16  # prefill tokens a step may always run, however many ro
 CHUNK_COST_STEPS = 1.0  # a prefill chunk run beside decodes may take about this many decode steps' time
 GROUP_PAD_FRACTION = 0.5  # rows join a group if its added pad columns read less than this x the weights
 DECODE_EMA = 0.2  # weight of the newest decode step in the running mean of step time
+COALESCE_GAP_S = 0.005  # an idle engine woken by an arrival waits while more arrive at most this far apart...
+COALESCE_MAX_S = 0.05  # ...for at most this long in all...
+COALESCE_STEP_FRACTION = 0.5  # ...and at most this fraction of a decode step, once one was timed
 MAX_DECODE_SKIPS = 2  # a burst's prefills may hold running decodes back for at most this many steps in a row
 AGEING_S_PER_CLASS = 2.0  # a waiting request moves up one cost class (a halving of its cost) per this wait
 STREAM_POLL_S = 1.0  # how often a waiting stream checks that the engine thread is alive
@@ -376,13 +381,19 @@ class Scheduler:
                 self._groups, self._chunked = [], None
 
     def _burst(self, running: int) -> bool:
-        """Whether the decode forward may wait a step: at least as many requests still wait as rows
-        ran before this step's admissions, there is room for them, and the last `MAX_DECODE_SKIPS`
-        steps did not all skip it already."""
+        """Whether the decode forward may wait a step: some request still waits, there is room for it,
+        the last `MAX_DECODE_SKIPS` steps did not all skip it already, and either at least as many
+        requests wait as rows ran before this step's admissions or the rest of the burst fits the
+        next step whole (its last rows then get their first token a decode step sooner)."""
         with self._cond:
-            waiting = len(self._waiting)
+            waiting = list(self._waiting)
         room = self.max_batch_size - len(self._active) - (self._chunked is not None)
-        return self._decode_skips < MAX_DECODE_SKIPS and room > 0 and waiting > 0 and waiting >= running
+        if self._decode_skips >= MAX_DECODE_SKIPS or room <= 0 or not waiting:
+            return False
+        if len(waiting) >= running:
+            return True
+        allowance = max(self.max_step_tokens - len(self._active), MIN_PREFILL_TOKENS)
+        return len(waiting) <= room and sum(self._prefill_cost(s) for s in waiting) <= allowance
 
     def _chunk_turn(self, allowance: int) -> bool:
         """While rows decode, a step runs one prefill forward beside them: the chunked prompt's next
@@ -402,6 +413,8 @@ class Scheduler:
         with self._cond:
             while not self._waiting and not self._groups and self._chunked is None and not self._abort:
                 self._cond.wait(timeout=1.0)
+            if not self._groups and self._chunked is None:
+                self._coalesce()
             if self._abort:
                 chunked = [self._chunked.seq] if self._chunked is not None else []
                 for seq in [*self._waiting, *self._active, *chunked]:
@@ -414,6 +427,24 @@ class Scheduler:
         for seq in expired:
             self._finish(seq, "cancelled" if seq.stream.cancelled.is_set() else "timeout")
         return True
+
+    def _coalesce(self) -> None:
+        """With nothing running, let a burst finish arriving before its first prefill (lock held).
+
+        Requests that arrive together over HTTP reach the queue a few milliseconds apart; an idle
+        engine that started at the first would prefill it alone and the rest a forward later.
+        It waits while requests keep arriving (`COALESCE_GAP_S` apart), for at most
+        `COALESCE_MAX_S` and half a decode step, so a lone request loses one gap at most.
+        """
+        cap = COALESCE_MAX_S if self._decode_s is None else min(COALESCE_MAX_S, COALESCE_STEP_FRACTION * self._decode_s)
+        deadline = time.perf_counter() + cap
+        while not self._abort and not self._closing and len(self._waiting) < self.max_batch_size:
+            seen, left = len(self._waiting), deadline - time.perf_counter()
+            if left <= 0:
+                return
+            self._cond.wait(timeout=min(COALESCE_GAP_S, left))
+            if len(self._waiting) == seen:
+                return  # nothing arrived within a gap: the burst is in
 
     def _pick(self, allowance: int) -> tuple[list[_Sequence], _Sequence | None]:
         """Pop waiting requests in priority order (cost class, ageing, then arrival) whose prefill fits `allowance` tokens.

@@ -335,6 +335,36 @@ def test_a_new_profile_counts_once_when_its_requests_arrive_together(tiny_model)
     assert inputs == [1, 4]  # the prompt's prefix once, then all four queries in one prefill
 
 
+def test_an_idle_engine_waits_for_a_burst_to_finish_arriving(tiny_model, handles, monkeypatch):
+    model = tiny_model[0]
+    monkeypatch.setattr(scheduler_module, "COALESCE_GAP_S", 0.3)  # arrivals 20 ms apart are one burst
+    monkeypatch.setattr(scheduler_module, "COALESCE_MAX_S", 5.0)
+    monkeypatch.setattr(scheduler_module, "COALESCE_STEP_FRACTION", 1000.0)  # the tiny model's step is ~1 ms
+    reqs = [request(tiny_model, handles[0], text, n=3) for text in TEXTS]
+    rows: list[int] = []  # rows of every forward that ran more than one token per row
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["inputs_embeds"].shape[0])
+        if kwargs["inputs_embeds"].shape[1] > 1 else None, with_kwargs=True
+    )
+    scheduler = make_scheduler(tiny_model)
+
+    async def body():
+        await run_all(scheduler, [reqs[0]])  # the prompt's prefix is cached; the engine is idle again
+        rows.clear()
+        streams = []
+        for r in reqs:  # one at a time, as requests over HTTP reach the queue
+            streams.append(scheduler.submit(r))
+            await asyncio.sleep(0.02)
+        return [[e async for e in stream] for stream in streams]
+
+    try:
+        events = asyncio.run(with_scheduler(scheduler, body))
+    finally:
+        hook.remove()
+    assert all(ev[-1].finish_reason == "length" for ev in events)
+    assert rows == [len(reqs)]  # one prefill for the whole burst, not one for the first arrival
+
+
 def test_a_burst_is_admitted_before_its_first_rows_decode_again(tiny_model, handles):
     model = tiny_model[0]
     reqs = [request(tiny_model, handles[0], text, n=6) for text in TEXTS * 4]  # 16 requests at once
@@ -366,6 +396,32 @@ def test_a_burst_is_admitted_before_its_first_rows_decode_again(tiny_model, hand
     assert max(runs) >= 3
     # ...but never more than MAX_DECODE_SKIPS steps in a row keep the running rows from decoding
     assert max(runs) <= scheduler_module.MAX_DECODE_SKIPS + 2
+
+
+def test_the_rest_of_a_burst_is_admitted_before_the_first_rows_decode(tiny_model, handles):
+    model = tiny_model[0]
+    reqs = [request(tiny_model, handles[0], " ".join(TEXTS), n=3) for _ in range(5)]  # above MIN_PREFILL_TOKENS
+    query = len(reqs[0].token_ids)
+    # two rows per step; after the second step one request is left, fewer than the rows running
+    scheduler = make_scheduler(tiny_model, max_step_tokens=2 * query + 2)
+    forwards: list[tuple[int, int]] = []  # (rows, tokens per row) of every forward
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: forwards.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
+    )
+
+    async def body():
+        await run_all(scheduler, [reqs[0]])  # caches the prompt's prefix
+        forwards.clear()
+        streams = [scheduler.submit(r) for r in reqs]
+        return [[e async for e in stream] for stream in streams]
+
+    try:
+        events = asyncio.run(with_scheduler(scheduler, body))
+    finally:
+        hook.remove()
+    assert all(ev[-1].finish_reason == "length" for ev in events)
+    first_decode = next(i for i, (_, tokens) in enumerate(forwards) if tokens == 1)
+    assert [rows for rows, _ in forwards[:first_decode]] == [2, 2, 1]  # the whole burst, then decodes
 
 
 def test_the_chunk_size_settles_where_a_chunk_takes_the_target_time():
