@@ -26,11 +26,11 @@ from spul.trainer.task_builder import PHRASINGS, TRAIN_PHRASINGS, Item, TaskSpec
 
 MODEL = "smollm2-135m-facts"  # the fine-tuned model (spul.catalog): SmolLM2-135M-Instruct + this task's adapter
 BASE = "smollm2-135m-instruct"
-# the measured SPUL setting of the shipped profile (data.json's "train"; chosen on the train splits from a
-# 4-point sweep, an honest miss of the targets: see docs/real-llm-facts.md)
+# the measured SPUL setting of the shipped profile (data.json's "train"): the knowledge task's setting (6x the
+# steps of round 1, 16 retain rows per batch on the model's own answers); see docs/real-llm-facts.md, round 2
 TRAIN_SETTINGS: dict[str, Any] = {
-    "num_virtual_tokens": 10, "lr": 0.01, "steps": 40, "alpha": 1.0, "beta": 0.0,
-    "forget_per_batch": 4, "retain_per_batch": 8,
+    "num_virtual_tokens": 10, "lr": 0.003, "steps": 240, "alpha": 1.0, "beta": 0.0,
+    "forget_per_batch": 4, "retain_per_batch": 16, "retain_target": "model", "model_answer_tokens": 24,
 }
 SPEC = TaskSpec(name="facts", generator="python -m spul.trainer.facts_task data", generic_answers=("I don't know.",),
                 match="contains", chat_template=True, max_new_tokens=8, forget_fraction=0.1, split_seed=0,
