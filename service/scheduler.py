@@ -39,6 +39,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -481,7 +482,7 @@ class Scheduler:
             self.metrics.queue_seconds.observe(now - seq.submitted_at)
         return whole, chunked
 
-    def _prefill_cost(self, seq: _Sequence, computed: set[str] = frozenset()) -> int:  # type: ignore[assignment]
+    def _prefill_cost(self, seq: _Sequence, computed: AbstractSet[str] = frozenset()) -> int:
         """Positions its prefill computes: the query, plus the soft prompt unless its prefix is cached
         (or in `computed`, the prompts that the same prefill batch computes once for all its rows)."""
         cache, key = self.engine.prefix_cache, seq.request.handle.sha256
@@ -509,18 +510,20 @@ class Scheduler:
         started = time.perf_counter()
         with self.metrics.prefill_seconds.time():
             result = self.engine.prefill([self._row(s) for s in seqs])
-        if log.isEnabledFor(logging.DEBUG):
+        if log.isEnabledFor(logging.DEBUG):  # the costs are only worth looking up for the trace
             costs = [self._prefill_cost(s) for s in seqs]
-            self._trace("prefill", started, rows=len(seqs), tokens=sum(costs), padded=len(seqs) * max(costs))
+            self._trace("prefill", time.perf_counter() - started, rows=len(seqs), tokens=sum(costs),
+                        padded=len(seqs) * max(costs))
         return result
 
-    def _trace(self, kind: str, started: float, **figures: int) -> None:
+    def _trace(self, kind: str, seconds: float, **figures: int) -> None:
         """One debug line per forward (`spul -v serve`): what ran, how long, what was left waiting."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
         with self._cond:
             waiting = len(self._waiting)
         shown = " ".join(f"{k}={v}" for k, v in figures.items())
-        log.debug("step %s %s ms=%.1f running=%d waiting=%d", kind, shown, 1000 * (time.perf_counter() - started),
-                  len(self._active), waiting)
+        log.debug("step %s %s ms=%.1f running=%d waiting=%d", kind, shown, 1000 * seconds, len(self._active), waiting)
 
     def _start_chunked(self, seq: _Sequence, allowance: int, *, advance: bool = True) -> None:
         if self._drop_if_gone(seq):
@@ -545,8 +548,8 @@ class Scheduler:
             self._chunked = None
             return 0
         decoding = bool(self._groups)
-        limit = min(allowance, self._first_chunk() if self._chunk_tokens is None else self._chunk_tokens)
-        limit = limit if decoding else allowance
+        size = self._first_chunk() if self._chunk_tokens is None else self._chunk_tokens
+        limit = min(allowance, size) if decoding else allowance
         n = min(limit, part.inputs.shape[0])
         last = n == part.inputs.shape[0]
         started = time.perf_counter()
@@ -558,10 +561,10 @@ class Scheduler:
             self._chunked = None
             self._finish(part.seq, "error", error=f"prefill failed: {err}")
             return n
+        seconds = time.perf_counter() - started
         if decoding and n == limit:  # a full chunk (the last one is only what is left)
-            self._adapt_chunk(n, time.perf_counter() - started)
-        if log.isEnabledFor(logging.DEBUG):
-            self._trace("chunk", started, tokens=n, left=part.inputs.shape[0] - n)
+            self._adapt_chunk(n, seconds)
+        self._trace("chunk", seconds, tokens=n, left=part.inputs.shape[0] - n)
         part.inputs = part.inputs[n:]
         if last:
             self._chunked = None
@@ -651,9 +654,7 @@ class Scheduler:
             seconds += time.perf_counter() - started
             self._emit_all(logits, group.seqs)
         self.metrics.decode_seconds.observe(seconds)
-        if log.isEnabledFor(logging.DEBUG):
-            self._trace("decode", time.perf_counter() - seconds, rows=rows, groups=len(self._groups),
-                        skipped=self._decode_skips)
+        self._trace("decode", seconds, rows=rows, groups=len(self._groups), skipped=self._decode_skips)
         self._decode_s = seconds if self._decode_s is None else (1 - DECODE_EMA) * self._decode_s + DECODE_EMA * seconds
         self._prune()
 

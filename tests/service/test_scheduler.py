@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 import torch
@@ -51,6 +52,37 @@ async def run_all(scheduler: Scheduler, requests: list[GenerationRequest]) -> li
         return "".join(parts), reason, tokens
 
     return await asyncio.gather(*(one(r) for r in requests))
+
+
+@contextlib.contextmanager
+def recorded_forwards(model):
+    """(rows, tokens per row) of every forward of the model's base while the block runs."""
+    shapes: list[tuple[int, int]] = []
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
+    )
+    try:
+        yield shapes
+    finally:
+        hook.remove()
+
+
+async def events_of(stream) -> list:
+    return [e async for e in stream]
+
+
+def run_queued(scheduler: Scheduler, requests: list[GenerationRequest]) -> list[list]:
+    """Every request waiting before the engine's first step (one burst); each one's events."""
+
+    async def body():
+        streams = [scheduler.submit(r) for r in requests]
+        scheduler.start()
+        try:
+            return [await events_of(stream) for stream in streams]
+        finally:
+            await scheduler.shutdown(grace_s=1.0)
+
+    return asyncio.run(body())
 
 
 async def with_scheduler(scheduler: Scheduler, body):
@@ -246,10 +278,6 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(tiny_model, ha
     words = " ".join(TEXTS * 6)
     long_req = request(tiny_model, handles[1], words, n=4)
     running = request(tiny_model, handles[0], "hello", n=40)
-    sizes: list[tuple[int, int]] = []  # (rows, tokens) of every forward
-    hook = model.base_model.register_forward_pre_hook(
-        lambda module, args, kwargs: sizes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
-    )
 
     async def body():
         alone = (await run_all(scheduler, [long_req]))[0]
@@ -262,10 +290,8 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(tiny_model, ha
         return alone, together[0]
 
     scheduler = make_scheduler(tiny_model, max_step_tokens=24)
-    try:
+    with recorded_forwards(model) as sizes:  # (rows, tokens) of every forward
         alone, together = asyncio.run(with_scheduler(scheduler, body))
-    finally:
-        hook.remove()
     assert len(long_req.token_ids) > 40 and together == alone
     assert max(tokens for _, tokens in sizes) <= 24  # no step ran more than its budget
     assert sum(1 for rows, tokens in sizes if tokens > 1) >= 4  # the prompt went in several chunks
@@ -275,10 +301,6 @@ def test_the_first_chunk_beside_decodes_is_as_small_as_a_decode_step(tiny_model,
     model = tiny_model[0]
     long_req = request(tiny_model, handles[1], " ".join(TEXTS * 6), n=4)
     running = [request(tiny_model, handles[0], text, n=60) for text in TEXTS[:2]]
-    sizes: list[int] = []  # tokens per row of every forward
-    hook = model.base_model.register_forward_pre_hook(
-        lambda module, args, kwargs: sizes.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
-    )
 
     async def body():
         alone = (await run_all(scheduler, [long_req]))[0]
@@ -293,11 +315,9 @@ def test_the_first_chunk_beside_decodes_is_as_small_as_a_decode_step(tiny_model,
         return alone, together[0]
 
     scheduler = make_scheduler(tiny_model, max_step_tokens=64)  # chunks of up to 62 tokens beside 2 decodes
-    try:
+    with recorded_forwards(model) as sizes:
         alone, together = asyncio.run(with_scheduler(scheduler, body))
-    finally:
-        hook.remove()
-    chunks = [tokens for tokens in sizes if tokens > 1]
+    chunks = [tokens for _, tokens in sizes if tokens > 1]
     assert together == alone and len(long_req.token_ids) > 2 * scheduler_module.MIN_PREFILL_TOKENS
     # no chunk was timed yet: the first is sized like the decode step beside it, not like the budget
     assert chunks[0] <= scheduler_module.MIN_PREFILL_TOKENS
@@ -305,34 +325,19 @@ def test_the_first_chunk_beside_decodes_is_as_small_as_a_decode_step(tiny_model,
 
 
 def test_a_new_profile_counts_once_when_its_requests_arrive_together(tiny_model):
-    model, tokenizer = tiny_model
+    model = tiny_model[0]
     prompt = torch.randn(12, model.config.hidden_size, generator=torch.Generator().manual_seed(5))
     handle = PromptHandle("fresh", 1, "sha-fresh", prompt)  # not in the prefix cache yet
     reqs = [request(tiny_model, handle, "hello world", n=3) for _ in range(4)]
     query = len(reqs[0].token_ids)
     budget = 12 + 4 * query  # the prompt once and every query fit; the prompt four times do not
     assert 4 * (12 + query) > budget
-    inputs: list[int] = []  # rows of every forward that ran more than one token per row
-    hook = model.base_model.register_forward_pre_hook(
-        lambda module, args, kwargs: inputs.append(kwargs["inputs_embeds"].shape[0])
-        if kwargs["inputs_embeds"].shape[1] > 1 else None, with_kwargs=True
-    )
     scheduler = make_scheduler(tiny_model, max_step_tokens=budget)
-
-    async def body():
-        streams = [scheduler.submit(r) for r in reqs]  # all waiting before the engine's first step
-        scheduler.start()
-        try:
-            return [[e async for e in stream] for stream in streams]
-        finally:
-            await scheduler.shutdown(grace_s=1.0)
-
-    try:
-        events = asyncio.run(body())
-    finally:
-        hook.remove()
+    with recorded_forwards(model) as forwards:
+        events = run_queued(scheduler, reqs)
     assert all(ev[-1].finish_reason == "length" for ev in events)
-    assert inputs == [1, 4]  # the prompt's prefix once, then all four queries in one prefill
+    # the prompt's prefix once, then all four queries in one prefill
+    assert [rows for rows, tokens in forwards if tokens > 1] == [1, 4]
 
 
 def test_an_idle_engine_waits_for_a_burst_to_finish_arriving(tiny_model, handles, monkeypatch):
@@ -341,51 +346,30 @@ def test_an_idle_engine_waits_for_a_burst_to_finish_arriving(tiny_model, handles
     monkeypatch.setattr(scheduler_module, "COALESCE_MAX_S", 5.0)
     monkeypatch.setattr(scheduler_module, "COALESCE_STEP_FRACTION", 1000.0)  # the tiny model's step is ~1 ms
     reqs = [request(tiny_model, handles[0], text, n=3) for text in TEXTS]
-    rows: list[int] = []  # rows of every forward that ran more than one token per row
-    hook = model.base_model.register_forward_pre_hook(
-        lambda module, args, kwargs: rows.append(kwargs["inputs_embeds"].shape[0])
-        if kwargs["inputs_embeds"].shape[1] > 1 else None, with_kwargs=True
-    )
     scheduler = make_scheduler(tiny_model)
 
     async def body():
         await run_all(scheduler, [reqs[0]])  # the prompt's prefix is cached; the engine is idle again
-        rows.clear()
+        forwards.clear()
         streams = []
         for r in reqs:  # one at a time, as requests over HTTP reach the queue
             streams.append(scheduler.submit(r))
             await asyncio.sleep(0.02)
-        return [[e async for e in stream] for stream in streams]
+        return [await events_of(stream) for stream in streams]
 
-    try:
+    with recorded_forwards(model) as forwards:
         events = asyncio.run(with_scheduler(scheduler, body))
-    finally:
-        hook.remove()
     assert all(ev[-1].finish_reason == "length" for ev in events)
-    assert rows == [len(reqs)]  # one prefill for the whole burst, not one for the first arrival
+    assert [rows for rows, tokens in forwards if tokens > 1] == [len(reqs)]  # one prefill for the whole burst, not one for the first arrival
 
 
 def test_a_burst_is_admitted_before_its_first_rows_decode_again(tiny_model, handles):
     model = tiny_model[0]
     reqs = [request(tiny_model, handles[0], text, n=6) for text in TEXTS * 4]  # 16 requests at once
-    forwards: list[int] = []  # tokens per row of every forward: 1 is a decode step
-    hook = model.base_model.register_forward_pre_hook(
-        lambda module, args, kwargs: forwards.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
-    )
     scheduler = make_scheduler(tiny_model, max_step_tokens=16)  # a few newcomers per step
-
-    async def body():
-        streams = [scheduler.submit(r) for r in reqs]  # all queued before the engine's first step
-        scheduler.start()
-        try:
-            return [[e async for e in stream] for stream in streams]
-        finally:
-            await scheduler.shutdown(grace_s=1.0)
-
-    try:
-        events = asyncio.run(body())
-    finally:
-        hook.remove()
+    with recorded_forwards(model) as shapes:
+        events = run_queued(scheduler, reqs)
+    forwards = [tokens for _, tokens in shapes]  # tokens per row of every forward: 1 is a decode step
     assert all(ev[-1].finish_reason == "length" and ev[-1].completion_tokens == 6 for ev in events)
     runs, run = [], 0  # lengths of the runs of prefill forwards between two decode steps
     for tokens in forwards:
@@ -404,21 +388,15 @@ def test_the_rest_of_a_burst_is_admitted_before_the_first_rows_decode(tiny_model
     query = len(reqs[0].token_ids)
     # two rows per step; after the second step one request is left, fewer than the rows running
     scheduler = make_scheduler(tiny_model, max_step_tokens=2 * query + 2)
-    forwards: list[tuple[int, int]] = []  # (rows, tokens per row) of every forward
-    hook = model.base_model.register_forward_pre_hook(
-        lambda module, args, kwargs: forwards.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
-    )
 
     async def body():
         await run_all(scheduler, [reqs[0]])  # caches the prompt's prefix
         forwards.clear()
         streams = [scheduler.submit(r) for r in reqs]
-        return [[e async for e in stream] for stream in streams]
+        return [await events_of(stream) for stream in streams]
 
-    try:
+    with recorded_forwards(model) as forwards:  # (rows, tokens per row) of every forward
         events = asyncio.run(with_scheduler(scheduler, body))
-    finally:
-        hook.remove()
     assert all(ev[-1].finish_reason == "length" for ev in events)
     first_decode = next(i for i, (_, tokens) in enumerate(forwards) if tokens == 1)
     assert [rows for rows, _ in forwards[:first_decode]] == [2, 2, 1]  # the whole burst, then decodes
